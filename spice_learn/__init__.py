@@ -1,0 +1,7 @@
+"""spice_learn: image clustering with SPICE as a scikit-learn estimator."""
+
+from .estimator import SpiceClustering
+from .metrics import cluster_accuracy, clustering_scores
+
+__version__ = "0.1.0"
+__all__ = ["SpiceClustering", "cluster_accuracy", "clustering_scores", "__version__"]

@@ -1,0 +1,130 @@
+"""Embed images once per cached view with a frozen backbone.
+
+SPICE-Self trains only light heads on a frozen backbone, so each image needs
+to pass through the backbone once per cached view, never once per epoch.
+:func:`embed_views` does that pass and returns a :class:`ViewCache`.
+
+Memory of the cache: ``n_views * N * D`` values, i.e. ``4 * D`` bytes per image
+and view in float32 and ``2 * D`` in float16 (a ResNet-18, D = 512: 2 KiB /
+1 KiB per image and view; 60,000 images with 7 views: 860 MB / 430 MB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+__all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype"]
+
+
+def autocast_dtype(device):
+    """Reduced precision used for backbone forward passes on ``device``, or None.
+
+    CUDA: bfloat16 where supported, else float16. CPU: bfloat16 when the processor
+    has native bfloat16 instructions (AVX512-BF16 or AMX), where it is about 3x
+    faster than float32 for a ResNet-18 at 32 px; float32 otherwise.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        if any(getattr(torch.cpu, name, lambda: False)() for name in checks):
+            return torch.bfloat16
+    return None
+
+
+@dataclass
+class ViewCache:
+    """L2-normalised embeddings of the original images and their views.
+
+    Attributes
+    ----------
+    original : torch.Tensor of shape (N, D)
+    weak : torch.Tensor of shape (n_weak, N, D)
+    strong : torch.Tensor of shape (n_strong, N, D)
+    """
+
+    original: torch.Tensor
+    weak: torch.Tensor
+    strong: torch.Tensor
+
+    @property
+    def n_samples(self):
+        return self.original.shape[0]
+
+    def to(self, device):
+        return ViewCache(self.original.to(device), self.weak.to(device), self.strong.to(device))
+
+
+def cache_nbytes(n_samples, n_views, dim, dtype):
+    """Bytes the cache takes for ``n_views`` views of ``n_samples`` images."""
+    return n_samples * n_views * dim * torch.empty((), dtype=dtype).element_size()
+
+
+def embed_views(
+    extractor, images, transforms, *, batch_size, device, dtype=torch.float32, seed=0,
+    verbose=0, desc="embedding",
+):
+    """Pass every image through the backbone once per view.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    transforms : list of callables or None
+        One entry per view; None is the original image. Each callable takes
+        and returns one ``(3, h, w)`` uint8 image at the extractor's input size.
+    batch_size : int
+        Images per forward pass.
+    device : torch.device
+        Where the forward passes run; channels_last memory format and
+        :func:`autocast_dtype` mixed precision are used there.
+    dtype : torch.dtype
+        Storage type of the result (float32 or float16).
+    seed : int
+        Seed of the augmentations (the global RNG state is restored).
+    verbose : int
+        Show a tqdm bar when > 0.
+
+    Returns
+    -------
+    features : torch.Tensor of shape (len(transforms), N, D), on the CPU
+        L2-normalised embeddings.
+    """
+    module = extractor.module.to(device).eval()
+    amp = autocast_dtype(device)
+    module = module.to(memory_format=torch.channels_last)
+    mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
+    n = images.shape[0]
+    out = torch.empty((len(transforms), n, extractor.feature_dim), dtype=dtype)
+    size = list(extractor.input_size)
+    bar = tqdm(total=n * len(transforms), desc=desc, unit="img", disable=verbose <= 0)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            batch = images[start : start + batch_size]
+            if list(batch.shape[-2:]) != size:
+                batch = TF.resize(batch, size, antialias=True)
+            for v, transform in enumerate(transforms):
+                view = batch if transform is None else torch.stack([transform(im) for im in batch])
+                x = view.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    feats = module(x)
+                feats = F.normalize(feats.float().flatten(1), dim=1)
+                out[v, start : start + batch.shape[0]] = feats.to("cpu", dtype)
+                bar.update(batch.shape[0])
+    bar.close()
+    return out
+
+
+def embed_images(extractor, images, *, batch_size, device, verbose=0):
+    """Embeddings ``(N, D)`` float32 of the original images (no augmentation)."""
+    return embed_views(
+        extractor, images, [None], batch_size=batch_size, device=device, verbose=verbose
+    )[0]

@@ -1,0 +1,434 @@
+"""The scikit-learn estimator :class:`SpiceClustering`: parameters, validation,
+orchestration and fitted attributes. The torch work lives in the other modules."""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, check_scalar
+
+from .augment import feature_views, strong_transform, weak_transform
+from .backbones import build_backbone
+from .embedding import ViewCache, cache_nbytes, embed_images, embed_views
+from .image_input import as_features, as_images
+from .pseudo_labels import cluster_prototypes
+from .spice_self import (
+    default_batch_size,
+    default_minibatch_size,
+    head_probabilities,
+    head_selection_losses,
+    train_heads,
+)
+
+__all__ = ["SpiceClustering"]
+
+#: Backbone used for ``backbone="auto"``.
+DEFAULT_BACKBONE = "resnet18"
+#: ``cache_dtype="auto"`` stores float16 once the float32 cache would exceed this.
+AUTO_FLOAT16_BYTES = 1 << 30
+
+
+class SpiceClustering(ClusterMixin, BaseEstimator):
+    """Image clustering with SPICE-Self (Niu & Wang, "SPICE: Semantic Pseudo-labeling
+    for Image Clustering").
+
+    A frozen backbone embeds every image once per cached view (the original,
+    ``n_weak_views`` weak and ``n_strong_views`` strong augmentations). Then
+    ``n_heads`` light MLP heads are trained together with semantic
+    pseudo-labels and double-softmax cross-entropy (Algorithm 1 of the paper),
+    and the head with the lowest loss over the whole data set is kept. Labels
+    are never used.
+
+    Parameters
+    ----------
+    n_clusters : int, default=10
+        Number of clusters ``k`` (at least 2, at most the number of samples).
+    backbone : str or torch.nn.Module, default="auto"
+        A timm model name, ``"auto"`` (``"resnet18"``), a module mapping
+        normalised ``(B, 3, H, W)`` images to ``(B, D)`` features, or
+        ``"precomputed"``: ``X`` is then a 2-D feature matrix and the views are
+        feature-space augmentations (see :func:`spice_learn.augment.feature_views`).
+    weights : None, "pretrained" or path-like, default=None
+        Backbone weights: random initialisation (None), timm's pretrained zoo
+        (``"pretrained"``, needs a network or a filled Hugging Face cache; fails
+        fast otherwise) or a local timm/torchvision state dict file. Random
+        weights give weak clusters; self-supervised pretraining is planned.
+    small_stem : {"auto", True, False}, default="auto"
+        For images of at most 64 px and ResNet-like models, remove the stem's
+        downsampling (the CIFAR stem of SCAN/SPICE) instead of resizing the
+        images to 224 px. ``"auto"`` does it for small images.
+    n_heads : int, default=10
+        Number of heads trained together; the best one is selected without labels.
+    hidden_dim : int or None, default=None
+        Hidden width of each head; None uses the feature dimension ``D`` (paper).
+    batch_size : int or "auto", default="auto"
+        ``M``, samples per pseudo-labelling step; "auto" follows the paper
+        (1000 for 10 clusters, 100 per cluster, at most 5000).
+    minibatch_size : int or "auto", default="auto"
+        ``m2``, samples per gradient step; "auto" is 128 (256 for >= 100 clusters).
+    max_epochs : int, default=100
+        Passes over the data while training the heads.
+    learning_rate : float, default=5e-3
+        Adam learning rate of the heads (the official SPICE configuration).
+    confidence_ratio : float, default=0.5
+        ``r``: share of ``M / k`` most confident samples that form each prototype.
+    entropy_weight : float or "auto", default="auto"
+        Weight of an entropy term on the mean prediction that keeps clusters from
+        emptying; "auto" is 0 below 50 clusters and 1 from 50 on.
+    n_weak_views, n_strong_views : int, default=2 and 4
+        Augmented views cached per image. Each costs one backbone pass per image
+        and ``D`` floats of memory per image (see ``cache_dtype``).
+    flip : bool, default=True
+        Whether weak and strong views flip images horizontally (turn off for
+        digits or text).
+    cache_dtype : {"auto", "float32", "float16"}, default="auto"
+        Storage of cached embeddings: ``4 * D`` (float32) or ``2 * D`` (float16)
+        bytes per image and view; "auto" switches to float16 when the float32
+        cache would exceed 1 GiB.
+    embed_batch_size : int, default=256
+        Images per backbone forward pass.
+    device : str or torch.device, default="auto"
+        "auto" uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation, augmentation and sampling.
+    verbose : int, default=0
+        Progress bars when > 0.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training sample.
+    backbone_ : FeatureExtractor or None
+        The frozen backbone and its preprocessing (None when precomputed).
+    heads_ : MultiHeadClassifier
+        All trained heads (on the CPU).
+    classifier_ : MultiHeadClassifier
+        The selected head alone, used by ``predict``.
+    head_losses_ : ndarray of shape (n_heads,)
+        DS-CE of each head over the whole training set (lower is better).
+    best_head_ : int
+        Index of the selected head, ``argmin(head_losses_)``.
+    loss_history_ : ndarray of shape (max_epochs, n_heads)
+        Mean training DS-CE per epoch and head.
+    cluster_centers_ : ndarray of shape (n_clusters, D)
+        Prototypes of the selected head over the training set (Eq. 2).
+    n_features_in_ : int
+        Number of features (``backbone="precomputed"`` only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spice_learn import SpiceClustering
+    >>> X = np.random.default_rng(0).normal(size=(60, 8))
+    >>> X[:30] += 5
+    >>> model = SpiceClustering(2, backbone="precomputed", max_epochs=5, random_state=0)
+    >>> model.fit_predict(X).shape
+    (60,)
+    """
+
+    def __init__(
+        self, n_clusters=10, *, backbone="auto", weights=None, small_stem="auto", n_heads=10,
+        hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs=100,
+        learning_rate=5e-3, confidence_ratio=0.5, entropy_weight="auto", n_weak_views=2,
+        n_strong_views=4, flip=True, cache_dtype="auto", embed_batch_size=256, device="auto",
+        random_state=None, verbose=0,
+    ):
+        self.n_clusters = n_clusters
+        self.backbone = backbone
+        self.weights = weights
+        self.small_stem = small_stem
+        self.n_heads = n_heads
+        self.hidden_dim = hidden_dim
+        self.batch_size = batch_size
+        self.minibatch_size = minibatch_size
+        self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
+        self.confidence_ratio = confidence_ratio
+        self.entropy_weight = entropy_weight
+        self.n_weak_views = n_weak_views
+        self.n_strong_views = n_strong_views
+        self.flip = flip
+        self.cache_dtype = cache_dtype
+        self.embed_batch_size = embed_batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None):
+        """Cluster ``X``.
+
+        Parameters
+        ----------
+        X : images or features
+            Any input accepted by :func:`spice_learn.image_input.as_images`
+            (arrays NHW/NHWC/NCHW, tensors, PIL images, file paths, a directory),
+            or a 2-D feature matrix with ``backbone="precomputed"``.
+        y : ignored
+            Present for API consistency; labels are never used.
+
+        Returns
+        -------
+        self : SpiceClustering
+            The fitted estimator. Nothing is changed when ``fit`` raises.
+        """
+        params = self._check_params()
+        rng = check_random_state(self.random_state)
+        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=4)]
+        device = params["device"]
+        precomputed = isinstance(self.backbone, str) and self.backbone == "precomputed"
+
+        if precomputed:
+            features = torch.from_numpy(as_features(X))
+            self._check_n_samples(features.shape[0])
+            extractor = None
+            cache = _feature_cache(features, params, seeds[0])
+        else:
+            images = as_images(X)
+            self._check_n_samples(images.shape[0])
+            backbone = DEFAULT_BACKBONE if self.backbone == "auto" else self.backbone
+            extractor = build_backbone(
+                backbone, self.weights, tuple(images.shape[-2:]), small_stem=self.small_stem,
+                seed=seeds[0],
+            )
+            cache = _image_cache(extractor, images, params, seeds[1], self.verbose)
+
+        k = self.n_clusters
+        heads, history = train_heads(
+            cache, n_clusters=k, n_heads=self.n_heads,
+            hidden_dim=self.hidden_dim or cache.original.shape[1],
+            batch_size=params["batch_size"], minibatch_size=params["minibatch_size"],
+            max_epochs=self.max_epochs, learning_rate=self.learning_rate,
+            confidence_ratio=self.confidence_ratio, entropy_weight=params["entropy_weight"],
+            seed=seeds[2], device=device, verbose=self.verbose,
+        )
+        losses = head_selection_losses(heads, cache, confidence_ratio=self.confidence_ratio)
+        best = int(np.argmin(losses))
+        classifier = heads.select([best])
+        probs = head_probabilities(classifier, cache.original)
+        n_top = max(1, int(self.confidence_ratio * cache.n_samples / k))
+        centers = cluster_prototypes(cache.original.to(probs.device).float(), probs, n_top)[0]
+
+        # Everything succeeded: only now touch the estimator's state.
+        if extractor is not None:
+            extractor.module.cpu()
+        self.backbone_ = extractor
+        self.heads_ = heads.cpu()
+        self.classifier_ = classifier.cpu()
+        self.head_losses_ = losses
+        self.best_head_ = best
+        self.loss_history_ = history
+        self.cluster_centers_ = centers.cpu().numpy()
+        self.labels_ = probs[0].argmax(dim=1).cpu().numpy()
+        if precomputed:
+            self.n_features_in_ = int(features.shape[1])
+        elif hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+        return self
+
+    def fit_predict(self, X, y=None):
+        """Fit and return ``labels_``.
+
+        Parameters
+        ----------
+        X : images or features
+            See :meth:`fit`.
+        y : ignored
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.fit(X).labels_
+
+    # -------------------------------------------------------------- predict
+    def predict_proba(self, X):
+        """Cluster probabilities of the selected head.
+
+        Parameters
+        ----------
+        X : images or features
+            Same kind of input as in ``fit``; images may have another size.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters)
+        """
+        check_is_fitted(self, "classifier_")
+        features = self._embed(X)
+        return head_probabilities(self.classifier_, features)[0].cpu().numpy()
+
+    def predict(self, X):
+        """Cluster of each sample (argmax of :meth:`predict_proba`).
+
+        Parameters
+        ----------
+        X : images or features
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.predict_proba(X).argmax(axis=1)
+
+    def _embed(self, X):
+        if self.backbone_ is None:
+            features = as_features(X)
+            if features.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {features.shape[1]} features, but SpiceClustering was fitted "
+                    f"with {self.n_features_in_} features."
+                )
+            return F.normalize(torch.from_numpy(features), dim=1)
+        images = as_images(X)
+        device = _resolve_device(self.device)
+        try:
+            return embed_images(
+                self.backbone_, images, batch_size=self.embed_batch_size, device=device,
+                verbose=self.verbose,
+            )
+        finally:
+            self.backbone_.module.cpu()
+
+    # ----------------------------------------------------------- validation
+    def _check_n_samples(self, n_samples):
+        if n_samples < 2:
+            raise ValueError(f"X must hold at least 2 samples to cluster; got {n_samples}.")
+        if self.n_clusters > n_samples:
+            raise ValueError(
+                f"n_clusters={self.n_clusters} must be <= n_samples={n_samples}."
+            )
+
+    def _check_params(self):
+        """Validate every parameter; return the resolved "auto" values."""
+        _check_int(self.n_clusters, "n_clusters", 2)
+        _check_int(self.n_heads, "n_heads", 1)
+        if self.hidden_dim is not None:
+            _check_int(self.hidden_dim, "hidden_dim", 1)
+        _check_int(self.max_epochs, "max_epochs", 1)
+        _check_int(self.n_weak_views, "n_weak_views", 1)
+        _check_int(self.n_strong_views, "n_strong_views", 1)
+        _check_int(self.embed_batch_size, "embed_batch_size", 1)
+        _check_int(self.verbose, "verbose", 0)
+        check_scalar(self.learning_rate, "learning_rate", numbers.Real, min_val=0,
+                     include_boundaries="neither")
+        check_scalar(self.confidence_ratio, "confidence_ratio", numbers.Real, min_val=0,
+                     max_val=1, include_boundaries="right")
+        k = self.n_clusters
+        batch_size = _auto_int(self.batch_size, "batch_size", default_batch_size(k), k)
+        minibatch = _auto_int(self.minibatch_size, "minibatch_size",
+                              default_minibatch_size(k), 2)
+        if isinstance(self.entropy_weight, str) and self.entropy_weight == "auto":
+            entropy_weight = 0.0 if k < 50 else 1.0
+        else:
+            entropy_weight = float(check_scalar(self.entropy_weight, "entropy_weight",
+                                                numbers.Real, min_val=0))
+        if self.small_stem not in ("auto", True, False):
+            raise ValueError(
+                f"small_stem must be 'auto', True or False; got {self.small_stem!r}."
+            )
+        if not isinstance(self.flip, (bool, np.bool_)):
+            raise TypeError(f"flip must be a bool; got {type(self.flip).__name__}.")
+        if self.cache_dtype not in ("auto", "float32", "float16"):
+            raise ValueError(
+                f"cache_dtype must be 'auto', 'float32' or 'float16'; got {self.cache_dtype!r}."
+            )
+        backbone = self.backbone
+        if not isinstance(backbone, (str, torch.nn.Module)):
+            raise TypeError(
+                "backbone must be a timm model name, 'auto', 'precomputed' or a "
+                f"torch.nn.Module; got {type(backbone).__name__}."
+            )
+        weights = self.weights
+        if not (weights is None or isinstance(weights, (str, os.PathLike))):
+            raise TypeError(
+                "weights must be None, 'pretrained' or a path to a weight file; got "
+                f"{type(weights).__name__}."
+            )
+        if backbone == "precomputed" and weights is not None:
+            raise ValueError(
+                f"weights must be None with backbone='precomputed'; got weights={weights!r}."
+            )
+        return {
+            "batch_size": batch_size,
+            "minibatch_size": minibatch,
+            "entropy_weight": entropy_weight,
+            "device": _resolve_device(self.device),
+            "n_weak_views": self.n_weak_views,
+            "n_strong_views": self.n_strong_views,
+            "flip": bool(self.flip),
+            "cache_dtype": self.cache_dtype,
+            "embed_batch_size": self.embed_batch_size,
+        }
+
+
+def _check_int(value, name, min_val):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__}).")
+    if value < min_val:
+        raise ValueError(f"{name} must be >= {min_val}; got {value}.")
+    return int(value)
+
+
+def _auto_int(value, name, default, min_val):
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name} must be an int or 'auto'; got {value!r}.")
+        return default
+    return _check_int(value, name, min_val)
+
+
+def _resolve_device(device):
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}."
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available.")
+    return resolved
+
+
+def _cache_dtype(choice, n_samples, n_views, dim):
+    if choice == "auto":
+        big = cache_nbytes(n_samples, n_views, dim, torch.float32) > AUTO_FLOAT16_BYTES
+        return torch.float16 if big else torch.float32
+    return getattr(torch, choice)
+
+
+def _feature_cache(features, params, seed):
+    """Cache of precomputed features with feature-space weak/strong views."""
+    gen = torch.Generator().manual_seed(seed)
+    n_weak, n_strong = params["n_weak_views"], params["n_strong_views"]
+    weak = feature_views(features, n_weak, strong=False, generator=gen)
+    strong = feature_views(features, n_strong, strong=True, generator=gen)
+    return ViewCache(
+        F.normalize(features, dim=1), F.normalize(weak, dim=2), F.normalize(strong, dim=2)
+    )
+
+
+def _image_cache(extractor, images, params, seed, verbose):
+    """Embed the original images and their augmented views once each."""
+    size = extractor.input_size
+    n_weak, n_strong = params["n_weak_views"], params["n_strong_views"]
+    transforms = (
+        [None]
+        + [weak_transform(size, flip=params["flip"])] * n_weak
+        + [strong_transform(size, flip=params["flip"])] * n_strong
+    )
+    dtype = _cache_dtype(params["cache_dtype"], images.shape[0], len(transforms),
+                         extractor.feature_dim)
+    views = embed_views(
+        extractor, images, transforms, batch_size=params["embed_batch_size"],
+        device=params["device"], dtype=dtype, seed=seed, verbose=verbose,
+    )
+    return ViewCache(views[0], views[1 : 1 + n_weak], views[1 + n_weak :])

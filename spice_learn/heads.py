@@ -1,0 +1,75 @@
+"""Cluster heads: several ``D -> D -> k`` MLPs evaluated as one batched module."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MultiHeadClassifier"]
+
+
+class MultiHeadClassifier(nn.Module):
+    """``n_heads`` independent MLP heads (Linear, BatchNorm, ReLU, Linear).
+
+    All heads run in one batched matrix product; their parameters are stacked
+    along a leading head axis, so summing the per-head losses trains every head
+    exactly as if it were trained alone (with Adam, whose update is per element).
+    BatchNorm keeps the logits of L2-normalised features from collapsing to a
+    near-uniform softmax.
+
+    Parameters
+    ----------
+    n_heads : int
+    in_dim : int
+        Feature dimension ``D``.
+    hidden_dim : int
+        Hidden width (the paper uses ``D``).
+    n_clusters : int
+        Output size ``k``.
+    generator : torch.Generator, optional
+        Source of the initial weights (PyTorch's default ``nn.Linear`` scheme).
+
+    Shapes
+    ------
+    forward(x): ``x`` is ``(B, D)`` (the same samples for every head) or
+    ``(n_heads, B, D)`` (per-head samples); the result is logits
+    ``(n_heads, B, k)``.
+    """
+
+    def __init__(self, n_heads, in_dim, hidden_dim, n_clusters, *, generator=None):
+        super().__init__()
+        self.n_heads, self.in_dim = n_heads, in_dim
+        self.hidden_dim, self.n_clusters = hidden_dim, n_clusters
+        self.w1 = nn.Parameter(_uniform((n_heads, in_dim, hidden_dim), in_dim, generator))
+        self.b1 = nn.Parameter(_uniform((n_heads, hidden_dim), in_dim, generator))
+        self.norm = nn.BatchNorm1d(n_heads * hidden_dim)
+        self.w2 = nn.Parameter(_uniform((n_heads, hidden_dim, n_clusters), hidden_dim, generator))
+        self.b2 = nn.Parameter(_uniform((n_heads, n_clusters), hidden_dim, generator))
+
+    def forward(self, x):
+        h = torch.matmul(x, self.w1) + self.b1[:, None, :]  # (H, B, hidden)
+        n_heads, batch, hidden = h.shape
+        h = self.norm(h.transpose(0, 1).reshape(batch, n_heads * hidden))
+        h = torch.relu(h).reshape(batch, n_heads, hidden).transpose(0, 1)
+        return torch.matmul(h, self.w2) + self.b2[:, None, :]  # (H, B, k)
+
+    def select(self, heads):
+        """A new :class:`MultiHeadClassifier` holding only the given heads."""
+        heads = torch.as_tensor(heads).reshape(-1)
+        sub = MultiHeadClassifier(len(heads), self.in_dim, self.hidden_dim, self.n_clusters)
+        sub = sub.to(self.w1.device)
+        cols = (heads[:, None] * self.hidden_dim + torch.arange(self.hidden_dim)).reshape(-1)
+        with torch.no_grad():
+            for name in ("w1", "b1", "w2", "b2"):
+                getattr(sub, name).copy_(getattr(self, name)[heads])
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(sub.norm, name).copy_(getattr(self.norm, name)[cols])
+            sub.norm.num_batches_tracked.copy_(self.norm.num_batches_tracked)
+        return sub.train(self.training)
+
+
+def _uniform(shape, fan_in, generator):
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound, generator=generator)

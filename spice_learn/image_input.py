@@ -1,0 +1,228 @@
+"""Turn whatever the user passes as images into one canonical form.
+
+Every image input becomes a ``torch.uint8`` tensor of shape ``(N, 3, H, W)``;
+precomputed features become a ``float32`` array of shape ``(N, D)``. Nothing the
+user passed is modified: every path below produces new arrays.
+
+Accepted image inputs
+---------------------
+* numpy arrays or torch tensors shaped ``(N, H, W)`` (grayscale),
+  ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` in 1, 3, 4 (alpha is dropped);
+  uint8 in [0, 255], other integer types in [0, 255], floats in [0, 1] or [0, 255];
+* a list or tuple of :class:`PIL.Image.Image`;
+* a list or tuple of file paths (``str`` or :class:`os.PathLike`);
+* a directory (``str`` or :class:`os.PathLike`), searched recursively for files
+  with an image extension (see :data:`IMAGE_EXTENSIONS`).
+
+Grayscale images are repeated to 3 channels. Images of different sizes are
+resized (bilinear) to the most common size among them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from sklearn.utils import check_array
+
+__all__ = ["IMAGE_EXTENSIONS", "as_images", "as_features", "list_image_files"]
+
+#: File extensions treated as images when a directory is given.
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+
+def list_image_files(directory):
+    """Sorted list of image files under ``directory`` (recursive).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Folder to search.
+
+    Returns
+    -------
+    files : list of pathlib.Path
+        Files whose extension (case-insensitive) is in :data:`IMAGE_EXTENSIONS`.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"X={str(directory)!r} is not a directory.")
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise ValueError(
+            f"X={str(directory)!r} contains no image files "
+            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
+        )
+    return files
+
+
+def as_images(X):
+    """Coerce any supported image input to a uint8 tensor ``(N, 3, H, W)``.
+
+    Parameters
+    ----------
+    X : array-like, torch.Tensor, list of PIL images, list of paths or a directory
+        See the module docstring for the accepted forms.
+
+    Returns
+    -------
+    images : torch.Tensor of dtype uint8 and shape (N, 3, H, W)
+        A new tensor that shares no memory with ``X``.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported container or element type.
+    ValueError
+        For empty input, a wrong number of dimensions or channels, NaN/inf or
+        out-of-range values, or an unreadable file (the message names the file).
+    """
+    if isinstance(X, (str, os.PathLike)):
+        path = Path(X)
+        if path.is_dir():
+            return _from_pil_list([_open_image(p) for p in list_image_files(path)])
+        raise ValueError(
+            f"X={str(X)!r} is not a directory; pass a directory of images or a list "
+            "of image file paths."
+        )
+    if isinstance(X, (list, tuple)):
+        return _from_sequence(X)
+    if isinstance(X, torch.Tensor):
+        return _from_array(X.detach().cpu().numpy(), prefer_channels_first=True)
+    if isinstance(X, np.ndarray):
+        return _from_array(X, prefer_channels_first=False)
+    raise TypeError(
+        "X must be a numpy array, a torch tensor, a list of PIL images, a list of "
+        f"image file paths or a directory; got {type(X).__name__}."
+    )
+
+
+def as_features(X):
+    """Validate precomputed features: a finite 2-D float32 array ``(N, D)``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+
+    Returns
+    -------
+    features : ndarray of shape (n_samples, n_features), dtype float32
+    """
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    features = check_array(X, dtype=np.float32, ensure_min_samples=1, input_name="X")
+    # check_array may return the caller's own array when no conversion is needed.
+    return features.copy() if np.shares_memory(features, np.asarray(X)) else features
+
+
+def _from_sequence(items):
+    if len(items) == 0:
+        raise ValueError("X is empty: got a list with 0 images.")
+    if all(isinstance(item, Image.Image) for item in items):
+        return _from_pil_list([item for item in items])
+    if all(isinstance(item, (str, os.PathLike)) for item in items):
+        return _from_pil_list([_open_image(Path(item)) for item in items])
+    kinds = sorted({type(item).__name__ for item in items})
+    raise TypeError(
+        "A list X must hold only PIL images or only file paths; got elements of "
+        f"type {', '.join(kinds)}."
+    )
+
+
+def _open_image(path):
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"Image file not found: {str(path)!r}.") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"Cannot read image file {str(path)!r}: {exc}") from None
+
+
+def _from_pil_list(images):
+    sizes = Counter(img.size for img in images)  # (width, height)
+    # Most common size; ties go to the larger image.
+    target = max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1]))[0]
+    arrays = []
+    for img in images:
+        img = img.convert("RGB")
+        if img.size != target:
+            img = img.resize(target, Image.BILINEAR)
+        arrays.append(np.asarray(img, dtype=np.uint8))
+    stacked = np.stack(arrays)  # (N, H, W, 3)
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+
+
+def _from_array(arr, *, prefer_channels_first):
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+    ):
+        raise TypeError(f"X must hold numbers; got an array of dtype {arr.dtype}.")
+    if np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype == np.bool_:
+        raise TypeError(f"X must hold real numbers; got dtype {arr.dtype}.")
+    if arr.ndim not in (3, 4):
+        hint = " For 2-D feature matrices use backbone='precomputed'." if arr.ndim == 2 else ""
+        raise ValueError(
+            "Image arrays must be 3-D (N, H, W) or 4-D (N, H, W, C) / (N, C, H, W); "
+            f"got an array with ndim={arr.ndim} and shape {arr.shape}.{hint}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"X is empty: got an array of shape {arr.shape}.")
+    if arr.ndim == 3:
+        arr = arr[:, None, :, :]
+    else:
+        arr = _to_channels_first(arr, prefer_channels_first)
+    if arr.shape[2] == 0 or arr.shape[3] == 0:
+        raise ValueError(f"Images must have a positive height and width; got shape {arr.shape}.")
+    arr = _to_uint8(arr)
+    if arr.shape[1] == 1:
+        arr = np.repeat(arr, 3, axis=1)
+    elif arr.shape[1] == 4:
+        arr = arr[:, :3]
+    # A fresh, contiguous array: never share memory with the caller's input.
+    return torch.from_numpy(np.array(arr, dtype=np.uint8, order="C", copy=True))
+
+
+def _to_channels_first(arr, prefer_channels_first):
+    channels = (1, 3, 4)
+    first, last = arr.shape[1] in channels, arr.shape[3] in channels
+    if first and (prefer_channels_first or not last):
+        return arr
+    if last:
+        return arr.transpose(0, 3, 1, 2)
+    raise ValueError(
+        "Cannot find the channel axis of X: a 4-D image array needs 1, 3 or 4 channels "
+        f"in axis 1 (N, C, H, W) or axis 3 (N, H, W, C); got shape {arr.shape}."
+    )
+
+
+def _to_uint8(arr):
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("X contains NaN or infinity.")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 255.0:
+            raise ValueError(
+                "Float images must have values in [0, 1] or [0, 255]; got values in "
+                f"[{lo:.4g}, {hi:.4g}]. Pass unnormalised images (the backbone's own "
+                "normalisation is applied internally)."
+            )
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"Integer images must have values in [0, 255]; got values in [{lo}, {hi}]."
+        )
+    return arr.astype(np.uint8)
