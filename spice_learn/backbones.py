@@ -272,14 +272,16 @@ def _load_into(model, state_dict, path):
     extra = [k for k in state_dict if k not in own]
     head_prefixes = ("fc.", "head.", "classifier.", "linear.", "last_linear.", "head_dist.")
     unexpected = [k for k in extra if not k.startswith(head_prefixes)]
-    missing = [k for k in own if k not in state_dict]
+    # Old checkpoints lack BatchNorm's num_batches_tracked; PyTorch fills it in.
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ValueError(
             f"weights file {str(path)!r} does not fit backbone {model.__class__.__name__}: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} "
             f"unexpected keys (e.g. {unexpected[:3]})."
         )
-    mismatched = [k for k in own if tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    present = [k for k in own if k in state_dict]
+    mismatched = [k for k in present if tuple(own[k].shape) != tuple(state_dict[k].shape)]
     if mismatched:
         k = mismatched[0]
         raise ValueError(
@@ -287,7 +289,7 @@ def _load_into(model, state_dict, path):
             f"tensors have other shapes, e.g. {k!r} {tuple(state_dict[k].shape)} in the "
             f"file vs {tuple(own[k].shape)} in the model."
         )
-    model.load_state_dict({k: state_dict[k] for k in own}, strict=True)
+    model.load_state_dict({k: state_dict[k] for k in present}, strict=True)
 
 
 def _from_user_module(module, image_size):
@@ -296,7 +298,7 @@ def _from_user_module(module, image_size):
     cfg = getattr(module, "pretrained_cfg", None) or {}
     mean = tuple(cfg.get("mean", _IMAGENET_MEAN))
     std = tuple(cfg.get("std", _IMAGENET_STD))
-    wrapped = _PooledFeatures(module)
+    wrapped = _PooledFeatures(module).eval()
     with torch.inference_mode():
         probe = wrapped(torch.zeros(2, 3, *input_size))
     return FeatureExtractor(

@@ -49,10 +49,16 @@ class MultiHeadClassifier(nn.Module):
         self.b2 = nn.Parameter(_uniform((n_heads, n_clusters), hidden_dim, generator))
 
     def forward(self, x):
-        h = torch.matmul(x, self.w1) + self.b1[:, None, :]  # (H, B, hidden)
-        n_heads, batch, hidden = h.shape
-        h = self.norm(h.transpose(0, 1).reshape(batch, n_heads * hidden))
-        h = torch.relu(h).reshape(batch, n_heads, hidden).transpose(0, 1)
+        n_heads, hidden = self.n_heads, self.hidden_dim
+        if x.ndim == 2:
+            # Shared samples: one (B, D) x (D, H * hidden) product, already in the
+            # (B, H * hidden) layout BatchNorm wants.
+            w1 = self.w1.permute(1, 0, 2).reshape(self.in_dim, n_heads * hidden)
+            h = torch.matmul(x, w1) + self.b1.reshape(-1)
+        else:
+            h = torch.matmul(x, self.w1) + self.b1[:, None, :]  # (H, B, hidden)
+            h = h.transpose(0, 1).reshape(x.shape[1], n_heads * hidden)
+        h = torch.relu(self.norm(h)).reshape(-1, n_heads, hidden).transpose(0, 1)
         return torch.matmul(h, self.w2) + self.b2[:, None, :]  # (H, B, k)
 
     def select(self, heads):

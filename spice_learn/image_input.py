@@ -96,7 +96,7 @@ def as_images(X):
     if isinstance(X, (list, tuple)):
         return _from_sequence(X)
     if isinstance(X, torch.Tensor):
-        return _from_array(X.detach().cpu().numpy(), prefer_channels_first=True)
+        return _from_array(_tensor_to_numpy(X), prefer_channels_first=True)
     if isinstance(X, np.ndarray):
         return _from_array(X, prefer_channels_first=False)
     raise TypeError(
@@ -117,10 +117,17 @@ def as_features(X):
     features : ndarray of shape (n_samples, n_features), dtype float32
     """
     if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
+        X = _tensor_to_numpy(X)
     features = check_array(X, dtype=np.float32, ensure_min_samples=1, input_name="X")
     # check_array may return the caller's own array when no conversion is needed.
     return features.copy() if np.shares_memory(features, np.asarray(X)) else features
+
+
+def _tensor_to_numpy(tensor):
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+        tensor = tensor.float()
+    return tensor.numpy()
 
 
 def _from_sequence(items):

@@ -1,0 +1,130 @@
+"""Tests of spice_learn.embedding."""
+
+import pytest
+import torch
+from torch import nn
+
+from spice_learn.augment import strong_transform, weak_transform
+from spice_learn.backbones import build_backbone
+from spice_learn.embedding import ViewCache, cache_nbytes, embed_images, embed_views
+
+CPU = torch.device("cpu")
+N, FEAT = 10, 8
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, FEAT, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) + 0.01 * x.mean(dim=1, keepdim=True)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    torch.manual_seed(0)
+    return build_backbone(TinyNet(), None, (16, 16))
+
+
+@pytest.fixture(scope="module")
+def images():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (N, 3, 16, 16), dtype=torch.uint8, generator=gen)
+
+
+def _transforms(extractor):
+    size = extractor.input_size
+    return [None, weak_transform(size), weak_transform(size), strong_transform(size)]
+
+
+def test_extractor_from_user_module(extractor):
+    assert extractor.feature_dim == FEAT
+    assert extractor.input_size == (32, 32)
+
+
+def test_embed_views_shape_and_normalisation(extractor, images):
+    out = embed_views(extractor, images, _transforms(extractor), batch_size=4, device=CPU)
+    assert out.shape == (4, N, FEAT)
+    assert out.dtype == torch.float32
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out.norm(dim=2), torch.ones(4, N), atol=1e-4, rtol=0)
+    assert torch.isfinite(out).all()
+    # Augmented views differ from the original one.
+    assert not torch.allclose(out[0], out[3])
+
+
+def test_embed_views_float16_storage(extractor, images):
+    out = embed_views(
+        extractor, images, _transforms(extractor), batch_size=3, device=CPU, dtype=torch.float16
+    )
+    assert out.dtype == torch.float16
+    assert out.shape == (4, N, FEAT)
+    torch.testing.assert_close(out.float().norm(dim=2), torch.ones(4, N), atol=5e-3, rtol=0)
+    ref = embed_views(extractor, images, _transforms(extractor), batch_size=3, device=CPU)
+    torch.testing.assert_close(out.float(), ref, atol=2e-3, rtol=0)
+
+
+def test_embed_views_is_deterministic_for_a_seed(extractor, images):
+    kwargs = dict(batch_size=4, device=CPU)
+    a = embed_views(extractor, images, _transforms(extractor), seed=3, **kwargs)
+    b = embed_views(extractor, images, _transforms(extractor), seed=3, **kwargs)
+    assert torch.equal(a, b)
+    c = embed_views(extractor, images, _transforms(extractor), seed=4, **kwargs)
+    assert torch.equal(a[0], c[0])  # the original view has no randomness
+    assert not torch.equal(a[1:], c[1:])
+
+
+def test_embed_views_keeps_global_rng_state(extractor, images):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    embed_views(extractor, images, _transforms(extractor), batch_size=4, device=CPU, seed=9)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_batch_size_does_not_change_original_view(extractor, images):
+    a = embed_views(extractor, images, [None], batch_size=1, device=CPU)
+    b = embed_views(extractor, images, [None], batch_size=N, device=CPU)
+    torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
+
+
+def test_embed_images_matches_original_view(extractor, images):
+    feats = embed_images(extractor, images, batch_size=4, device=CPU)
+    assert feats.shape == (N, FEAT) and feats.dtype == torch.float32
+    views = embed_views(extractor, images, _transforms(extractor), batch_size=4, device=CPU)
+    torch.testing.assert_close(feats, views[0])
+
+
+def test_embed_views_resizes_other_sizes(extractor):
+    imgs = torch.randint(0, 256, (3, 3, 20, 12), dtype=torch.uint8)
+    out = embed_views(extractor, imgs, [None, weak_transform(extractor.input_size)],
+                      batch_size=2, device=CPU)
+    assert out.shape == (2, 3, FEAT)
+
+
+def test_embed_views_does_not_modify_images(extractor, images):
+    before = images.clone()
+    embed_views(extractor, images, _transforms(extractor), batch_size=4, device=CPU)
+    assert torch.equal(images, before)
+
+
+@pytest.mark.parametrize(
+    "n,views,dim,dtype,expected",
+    [
+        (10, 3, 8, torch.float32, 10 * 3 * 8 * 4),
+        (10, 3, 8, torch.float16, 10 * 3 * 8 * 2),
+        (60000, 7, 512, torch.float32, 860_160_000),
+        (60000, 7, 512, torch.float16, 430_080_000),
+        (1, 1, 1, torch.float64, 8),
+    ],
+)
+def test_cache_nbytes(n, views, dim, dtype, expected):
+    assert cache_nbytes(n, views, dim, dtype) == expected
+
+
+def test_view_cache_properties():
+    cache = ViewCache(torch.zeros(5, 3), torch.zeros(2, 5, 3), torch.zeros(4, 5, 3))
+    assert cache.n_samples == 5
+    moved = cache.to(CPU)
+    assert moved.original.shape == (5, 3)
+    assert moved.weak.shape == (2, 5, 3) and moved.strong.shape == (4, 5, 3)

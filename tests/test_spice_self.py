@@ -1,0 +1,214 @@
+"""Tests of spice_learn.spice_self (Algorithm 1 and label-free head selection)."""
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spice_learn.embedding import ViewCache
+from spice_learn.metrics import cluster_accuracy
+from spice_learn.spice_self import (
+    default_batch_size,
+    default_minibatch_size,
+    head_probabilities,
+    head_selection_losses,
+    train_heads,
+)
+
+N, K, D = 400, 4, 16
+CPU = torch.device("cpu")
+
+
+def make_cache(seed=0, n=N, k=K, d=D, dtype=torch.float32):
+    """Well separated Gaussian clusters; weak/strong views are noisy copies."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, d, generator=gen) * 3
+    y = torch.arange(n) % k
+    x = centers[y] + torch.randn(n, d, generator=gen)
+    weak = torch.stack([x + 0.1 * torch.randn(n, d, generator=gen) for _ in range(2)])
+    strong = torch.stack([x + 0.3 * torch.randn(n, d, generator=gen) for _ in range(3)])
+    cache = ViewCache(
+        F.normalize(x, dim=1).to(dtype),
+        F.normalize(weak, dim=2).to(dtype),
+        F.normalize(strong, dim=2).to(dtype),
+    )
+    return cache, y.numpy()
+
+
+def train(cache, *, n_heads=6, max_epochs=40, seed=0, **kwargs):
+    params = dict(
+        n_clusters=K, n_heads=n_heads, hidden_dim=D, batch_size=400, minibatch_size=64,
+        max_epochs=max_epochs, learning_rate=5e-3, confidence_ratio=0.5, entropy_weight=0.0,
+        seed=seed, device=CPU,
+    )
+    params.update(kwargs)
+    return train_heads(cache, **params)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    cache, y = make_cache(0)
+    heads, history = train(cache)
+    return cache, y, heads, history
+
+
+# ------------------------------------------------------------ paper defaults
+@pytest.mark.parametrize("k,m", [(10, 1000), (15, 1500), (20, 2000), (200, 5000)])
+def test_default_batch_size_follows_paper(k, m):
+    assert default_batch_size(k) == m
+
+
+@pytest.mark.parametrize("k,m2", [(10, 128), (15, 128), (20, 128), (200, 256)])
+def test_default_minibatch_size_follows_paper(k, m2):
+    assert default_minibatch_size(k) == m2
+
+
+def test_default_sizes_are_ints_in_range():
+    for k in (2, 3, 7, 50, 99, 100, 1000):
+        assert isinstance(default_batch_size(k), int)
+        assert 1000 <= default_batch_size(k) <= 5000
+        assert default_minibatch_size(k) in (128, 256)
+
+
+# ------------------------------------------------------------------ training
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_train_heads_reaches_high_accuracy_with_selected_head(seed):
+    cache, y = make_cache(seed)
+    heads, history = train(cache, seed=seed)
+    losses = head_selection_losses(heads, cache, confidence_ratio=0.5)
+    best = int(np.argmin(losses))
+    probs = head_probabilities(heads, cache.original)
+    labels = probs[best].argmax(dim=1).numpy()  # y used only for the assertion below
+    assert cluster_accuracy(y, labels) >= 0.95
+    # The selected head is (one of) the most accurate.
+    accs = [cluster_accuracy(y, probs[h].argmax(dim=1).numpy()) for h in range(heads.n_heads)]
+    assert accs[best] == pytest.approx(max(accs))
+
+
+def test_history_shape_and_values(trained):
+    _, _, heads, history = trained
+    assert isinstance(history, np.ndarray)
+    assert history.shape == (40, 6)
+    assert np.isfinite(history).all()
+    # DS-CE with k classes is bounded below by log(k - 1 + e) - 1.
+    assert (history >= math.log(K - 1 + math.e) - 1 - 1e-4).all()
+    best = history[-1].argmin()
+    assert history[-1, best] < history[0, best]
+
+
+def test_train_heads_returns_eval_module_with_right_shape(trained):
+    cache, _, heads, _ = trained
+    assert not heads.training
+    assert heads.n_heads == 6 and heads.n_clusters == K and heads.in_dim == D
+    probs = head_probabilities(heads, cache.original, chunk_size=64)
+    assert probs.shape == (6, N, K)
+    torch.testing.assert_close(probs.sum(dim=2), torch.ones(6, N))
+
+
+def test_head_probabilities_chunking_is_invisible(trained):
+    cache, _, heads, _ = trained
+    a = head_probabilities(heads, cache.original, chunk_size=37)
+    b = head_probabilities(heads, cache.original)
+    torch.testing.assert_close(a, b)
+
+
+def test_train_heads_is_deterministic():
+    cache, _ = make_cache(3, n=120)
+    h1, hist1 = train(cache, n_heads=2, max_epochs=3, seed=5, batch_size=60, minibatch_size=20)
+    h2, hist2 = train(cache, n_heads=2, max_epochs=3, seed=5, batch_size=60, minibatch_size=20)
+    np.testing.assert_array_equal(hist1, hist2)
+    for (name, a), (_, b) in zip(h1.state_dict().items(), h2.state_dict().items()):
+        assert torch.equal(a, b), name
+    h3, hist3 = train(cache, n_heads=2, max_epochs=3, seed=6, batch_size=60, minibatch_size=20)
+    assert not np.array_equal(hist1, hist3)
+
+
+def test_train_heads_accepts_float16_cache_and_entropy_term():
+    cache, _ = make_cache(4, n=120, dtype=torch.float16)
+    heads, history = train(
+        cache, n_heads=2, max_epochs=2, batch_size=1000, minibatch_size=32, entropy_weight=1.0
+    )
+    assert history.shape == (2, 2)
+    assert np.isfinite(history).all()
+    losses = head_selection_losses(heads, cache, confidence_ratio=0.5)
+    assert losses.shape == (2,) and np.isfinite(losses).all()
+
+
+def test_train_heads_does_not_touch_global_rng():
+    cache, _ = make_cache(5, n=80)
+    state = torch.get_rng_state()
+    train(cache, n_heads=2, max_epochs=2, batch_size=40, minibatch_size=16)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# ----------------------------------------------------------- head selection
+def _constant_head(heads, h, cluster=0):
+    """Make head ``h`` predict ``cluster`` for every input."""
+    with torch.no_grad():
+        heads.w2[h].zero_()
+        heads.b2[h].zero_()
+        heads.b2[h, cluster] = 20.0
+
+
+def _uniform_head(heads, h):
+    with torch.no_grad():
+        heads.w2[h].zero_()
+        heads.b2[h].zero_()
+
+
+def _copy(heads):
+    copy = heads.select(list(range(heads.n_heads)))
+    return copy.eval()
+
+
+def test_head_selection_losses_shape_and_bounds(trained):
+    cache, _, heads, _ = trained
+    losses = head_selection_losses(heads, cache, confidence_ratio=0.5)
+    assert isinstance(losses, np.ndarray)
+    assert losses.shape == (6,)
+    assert (losses >= math.log(K - 1 + math.e) - 1 - 1e-4).all()
+    assert (losses <= math.log(K - 1 + math.e) + 1e-4).all()
+
+
+def test_corrupted_heads_get_higher_loss_and_are_not_selected(trained):
+    cache, _, heads, _ = trained
+    before = head_selection_losses(heads, cache, confidence_ratio=0.5)
+    best = int(np.argmin(before))
+    corrupted_heads = _copy(heads)
+    corrupted = [best, (best + 1) % 6]
+    _constant_head(corrupted_heads, corrupted[0], cluster=2)
+    _uniform_head(corrupted_heads, corrupted[1])
+    after = head_selection_losses(corrupted_heads, cache, confidence_ratio=0.5)
+    intact = [h for h in range(6) if h not in corrupted]
+    # Untouched heads keep their loss exactly (heads are independent).
+    np.testing.assert_allclose(after[intact], before[intact], rtol=1e-5)
+    for h in corrupted:
+        assert after[h] > before[h]
+        assert after[h] > after[intact].max()
+    assert int(np.argmin(after)) not in corrupted
+    # Known values: uniform output -> log(k); constant one-hot-ish output ->
+    # (log(k-1+e) - 1) / k + log(k-1+e) * (k-1) / k.
+    assert after[corrupted[1]] == pytest.approx(math.log(K), rel=1e-4)
+    expected_const = (math.log(K - 1 + math.e) - 1) / K + math.log(K - 1 + math.e) * (K - 1) / K
+    assert after[corrupted[0]] == pytest.approx(expected_const, rel=1e-3)
+
+
+def test_only_intact_head_is_selected(trained):
+    cache, y, heads, _ = trained
+    keep = 4
+    corrupted_heads = _copy(heads)
+    for h in range(6):
+        if h != keep:
+            (_constant_head if h % 2 else _uniform_head)(corrupted_heads, h)
+    losses = head_selection_losses(corrupted_heads, cache, confidence_ratio=0.5)
+    assert int(np.argmin(losses)) == keep
+
+
+def test_selection_uses_no_labels():
+    for func in (head_selection_losses, train_heads, head_probabilities):
+        names = set(inspect.signature(func).parameters)
+        assert not names & {"y", "y_true", "labels", "targets", "classes"}, func.__name__
