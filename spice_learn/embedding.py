@@ -111,7 +111,7 @@ def embed_views(
             if list(batch.shape[-2:]) != size:
                 batch = TF.resize(batch, size, antialias=True)
             for v, transform in enumerate(transforms):
-                view = batch if transform is None else torch.stack([transform(im) for im in batch])
+                view = batch if transform is None else _per_image(transform, batch)
                 x = view.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
                 x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -121,6 +121,18 @@ def embed_views(
                 bar.update(batch.shape[0])
     bar.close()
     return out
+
+
+def _per_image(transform, batch):
+    """Apply ``transform`` to each image; one intra-op thread is much faster for
+    these tiny per-image kernels (measured: 8 ms -> 0.1 ms per weak view with 2
+    threads -> 1 thread on a 2-core CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.stack([transform(image) for image in batch])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def embed_images(extractor, images, *, batch_size, device, verbose=0):

@@ -179,7 +179,13 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             The fitted estimator. Nothing is changed when ``fit`` raises.
         """
         params = self._check_params()
-        rng = check_random_state(self.random_state)
+        try:
+            rng = check_random_state(self.random_state)
+        except ValueError:
+            raise ValueError(
+                "random_state must be None, an int or a numpy RandomState; got "
+                f"{self.random_state!r}."
+            ) from None
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=4)]
         device = params["device"]
         precomputed = isinstance(self.backbone, str) and self.backbone == "precomputed"
@@ -316,10 +322,8 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         _check_int(self.n_strong_views, "n_strong_views", 1)
         _check_int(self.embed_batch_size, "embed_batch_size", 1)
         _check_int(self.verbose, "verbose", 0)
-        check_scalar(self.learning_rate, "learning_rate", numbers.Real, min_val=0,
-                     include_boundaries="neither")
-        check_scalar(self.confidence_ratio, "confidence_ratio", numbers.Real, min_val=0,
-                     max_val=1, include_boundaries="right")
+        _check_real(self.learning_rate, "learning_rate", 0.0, None, "neither")
+        _check_real(self.confidence_ratio, "confidence_ratio", 0.0, 1.0, "right")
         k = self.n_clusters
         batch_size = _auto_int(self.batch_size, "batch_size", default_batch_size(k), k)
         minibatch = _auto_int(self.minibatch_size, "minibatch_size",
@@ -327,9 +331,8 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         if isinstance(self.entropy_weight, str) and self.entropy_weight == "auto":
             entropy_weight = 0.0 if k < 50 else 1.0
         else:
-            entropy_weight = float(check_scalar(self.entropy_weight, "entropy_weight",
-                                                numbers.Real, min_val=0))
-        if self.small_stem not in ("auto", True, False):
+            entropy_weight = _check_real(self.entropy_weight, "entropy_weight", 0.0, None, "left")
+        if not (self.small_stem is True or self.small_stem is False or self.small_stem == "auto"):
             raise ValueError(
                 f"small_stem must be 'auto', True or False; got {self.small_stem!r}."
             )
@@ -376,6 +379,16 @@ def _check_int(value, name, min_val):
     return int(value)
 
 
+def _check_real(value, name, min_val, max_val, include_boundaries):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r} ({type(value).__name__}).")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value!r}.")
+    check_scalar(value, name, numbers.Real, min_val=min_val, max_val=max_val,
+                 include_boundaries=include_boundaries)
+    return float(value)
+
+
 def _auto_int(value, name, default, min_val):
     if isinstance(value, str):
         if value != "auto":
@@ -393,6 +406,8 @@ def _resolve_device(device):
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}."
         ) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a CPU or CUDA device; got {device!r}.")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for, but CUDA is not available.")
     return resolved

@@ -329,6 +329,18 @@ def test_predict_images_channels_first_tensor(fitted_images):
     np.testing.assert_array_equal(est.predict(tensor), est.predict(X))
 
 
+def test_refit_switching_between_images_and_features():
+    X, _ = blobs()
+    est = fast_precomputed().fit(X)
+    assert est.n_features_in_ == N_FEATURES
+    est.set_params(backbone=TinyNet(), n_heads=2, max_epochs=1).fit(images())
+    assert not hasattr(est, "n_features_in_")
+    assert est.backbone_ is not None and est.labels_.shape == (N_IMAGES,)
+    est.set_params(backbone="precomputed").fit(X)
+    assert est.n_features_in_ == N_FEATURES and est.backbone_ is None
+    assert est.labels_.shape == (N_BLOBS,)
+
+
 def test_user_module_is_not_modified():
     backbone = TinyNet()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -537,13 +549,6 @@ NON_FINITE_PARAMS = [
 ]
 
 
-@pytest.mark.xfail(
-    reason="BUG: _check_params uses check_scalar, whose bounds let NaN/inf through: "
-    "learning_rate=inf and entropy_weight=nan/inf fit 'successfully' with NaN "
-    "head_losses_; learning_rate=nan / confidence_ratio=nan fail deep inside torch "
-    "with messages that do not name the parameter",
-    strict=True,
-)
 @pytest.mark.parametrize("bad,match", NON_FINITE_PARAMS, ids=lambda v: repr(v))
 def test_non_finite_float_parameters_are_rejected(bad, match):
     X, _ = blobs()
@@ -551,12 +556,6 @@ def test_non_finite_float_parameters_are_rejected(bad, match):
         fast_precomputed(**bad).fit(X)
 
 
-@pytest.mark.xfail(
-    reason="BUG: _resolve_device only checks CUDA availability; device strings torch "
-    "parses but cannot use here (mps, xla, meta) reach training and fail with a "
-    "RuntimeError from torch instead of a ValueError naming `device`",
-    strict=True,
-)
 @pytest.mark.parametrize("device", ["mps", "xla", "meta"])
 def test_unusable_device_type_is_rejected(device):
     if device == "mps" and torch.backends.mps.is_available():
