@@ -1,5 +1,6 @@
 """spice_learn: image clustering with SPICE as a scikit-learn estimator."""
 
+from . import small_models  # noqa: F401  (registers "spice_convnet4" with timm)
 from .estimator import SpiceClustering
 from .metrics import cluster_accuracy, clustering_scores
 

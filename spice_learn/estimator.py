@@ -3,6 +3,7 @@ orchestration and fitted attributes. The torch work lives in the other modules."
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 
@@ -14,9 +15,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_scalar
 
 from .augment import feature_views, strong_transform, weak_transform
-from .backbones import build_backbone
+from .backbones import FeatureExtractor, build_backbone
 from .embedding import ViewCache, cache_nbytes, embed_images, embed_views
 from .image_input import as_features, as_images
+from .pretrain import pretrain_simclr
 from .pseudo_labels import cluster_prototypes
 from .spice_self import (
     default_batch_size,
@@ -28,8 +30,8 @@ from .spice_self import (
 
 __all__ = ["SpiceClustering"]
 
-#: Backbone used for ``backbone="auto"``.
-DEFAULT_BACKBONE = "resnet18"
+#: ``backbone="auto"``: the small conv net for images up to this size, else a ResNet-18.
+SMALL_BACKBONE, SMALL_BACKBONE_MAX_SIZE, DEFAULT_BACKBONE = "spice_convnet4", 28, "resnet18"
 #: ``cache_dtype="auto"`` stores float16 once the float32 cache would exceed this.
 AUTO_FLOAT16_BYTES = 1 << 30
 
@@ -49,16 +51,34 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     ----------
     n_clusters : int, default=10
         Number of clusters ``k`` (at least 2, at most the number of samples).
-    backbone : str or torch.nn.Module, default="auto"
-        A timm model name, ``"auto"`` (``"resnet18"``), a module mapping
-        normalised ``(B, 3, H, W)`` images to ``(B, D)`` features, or
+    backbone : str, torch.nn.Module or FeatureExtractor, default="auto"
+        A timm model name; ``"auto"`` (``"spice_convnet4"`` for images of at most
+        28 px, else ``"resnet18"``); a module mapping normalised ``(B, 3, H, W)``
+        images to ``(B, D)`` features; the ``backbone_`` of a fitted model, to
+        reuse its (pretrained) backbone with other head settings; or
         ``"precomputed"``: ``X`` is then a 2-D feature matrix and the views are
         feature-space augmentations (see :func:`spice_learn.augment.feature_views`).
     weights : None, "pretrained" or path-like, default=None
         Backbone weights: random initialisation (None), timm's pretrained zoo
         (``"pretrained"``, needs a network or a filled Hugging Face cache; fails
-        fast otherwise) or a local timm/torchvision state dict file. Random
-        weights give weak clusters; self-supervised pretraining is planned.
+        fast otherwise) or a local timm/torchvision state dict file.
+    pretrain : {"auto", "simclr"} or None, default="auto"
+        Stage 1: self-supervised SimCLR training of the backbone on ``X`` itself
+        (see :mod:`spice_learn.pretrain`). "auto" pretrains exactly when the
+        backbone is a timm name with ``weights=None`` (random weights); None
+        never pretrains; "simclr" always does (fine-tuning given weights).
+    pretrain_epochs : int, default=100
+        Maximum pretraining epochs (the cosine schedule spans them).
+    pretrain_time : float or None, default=None
+        Wall-clock budget for pretraining in seconds (None: no budget).
+    pretrain_batch_size : int, default=256
+        Images per pretraining step (two views each).
+    pretrain_learning_rate : float, default=1e-3
+        Peak AdamW learning rate of pretraining.
+    temperature : float, default=0.5
+        NT-Xent temperature.
+    projection_dim : int, default=128
+        Output size of the SimCLR projection head.
     small_stem : {"auto", True, False}, default="auto"
         For images of at most 64 px and ResNet-like models, remove the stem's
         downsampling (the CIFAR stem of SCAN/SPICE) instead of resizing the
@@ -105,7 +125,10 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     labels_ : ndarray of shape (n_samples,)
         Cluster of each training sample.
     backbone_ : FeatureExtractor or None
-        The frozen backbone and its preprocessing (None when precomputed).
+        The frozen (possibly pretrained) backbone and its preprocessing (None when
+        precomputed). Pass it as ``backbone=`` to a new estimator to reuse it.
+    pretrain_history_ : ndarray of shape (n_pretrain_epochs,)
+        Mean NT-Xent loss per pretraining epoch (empty without pretraining).
     heads_ : MultiHeadClassifier
         All trained heads (on the CPU).
     classifier_ : MultiHeadClassifier
@@ -133,7 +156,10 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     """
 
     def __init__(
-        self, n_clusters=10, *, backbone="auto", weights=None, small_stem="auto", n_heads=10,
+        self, n_clusters=10, *, backbone="auto", weights=None, pretrain="auto",
+        pretrain_epochs=100, pretrain_time=None, pretrain_batch_size=256,
+        pretrain_learning_rate=1e-3, temperature=0.5, projection_dim=128, small_stem="auto",
+        n_heads=10,
         hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs=100,
         learning_rate=5e-3, confidence_ratio=0.5, entropy_weight="auto", n_weak_views=2,
         n_strong_views=4, flip=True, cache_dtype="auto", embed_batch_size=256, device="auto",
@@ -142,6 +168,13 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         self.n_clusters = n_clusters
         self.backbone = backbone
         self.weights = weights
+        self.pretrain = pretrain
+        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_time = pretrain_time
+        self.pretrain_batch_size = pretrain_batch_size
+        self.pretrain_learning_rate = pretrain_learning_rate
+        self.temperature = temperature
+        self.projection_dim = projection_dim
         self.small_stem = small_stem
         self.n_heads = n_heads
         self.hidden_dim = hidden_dim
@@ -190,6 +223,7 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         device = params["device"]
         precomputed = isinstance(self.backbone, str) and self.backbone == "precomputed"
 
+        pretrain_history = []
         if precomputed:
             features = torch.from_numpy(as_features(X))
             self._check_n_samples(features.shape[0])
@@ -198,11 +232,15 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         else:
             images = as_images(X)
             self._check_n_samples(images.shape[0])
-            backbone = DEFAULT_BACKBONE if self.backbone == "auto" else self.backbone
-            extractor = build_backbone(
-                backbone, self.weights, tuple(images.shape[-2:]), small_stem=self.small_stem,
-                seed=seeds[0],
-            )
+            extractor = self._build_extractor(tuple(images.shape[-2:]), seeds[0])
+            if params["pretrain"]:
+                pretrain_history = pretrain_simclr(
+                    extractor, images, max_epochs=self.pretrain_epochs,
+                    max_time=self.pretrain_time, batch_size=self.pretrain_batch_size,
+                    learning_rate=self.pretrain_learning_rate, temperature=self.temperature,
+                    projection_dim=self.projection_dim, flip=bool(self.flip), seed=seeds[3],
+                    device=device, verbose=self.verbose,
+                )
             cache = _image_cache(extractor, images, params, seeds[1], self.verbose)
 
         k = self.n_clusters
@@ -225,6 +263,7 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         if extractor is not None:
             extractor.module.cpu()
         self.backbone_ = extractor
+        self.pretrain_history_ = np.asarray(pretrain_history, dtype=float)
         self.heads_ = heads.cpu()
         self.classifier_ = classifier.cpu()
         self.head_losses_ = losses
@@ -282,6 +321,17 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,)
         """
         return self.predict_proba(X).argmax(axis=1)
+
+    def _build_extractor(self, image_size, seed):
+        """A fresh feature extractor (never the caller's object) for ``image_size``."""
+        if isinstance(self.backbone, FeatureExtractor):
+            return copy.deepcopy(self.backbone)
+        backbone = self.backbone
+        if backbone == "auto":
+            small = max(image_size) <= SMALL_BACKBONE_MAX_SIZE
+            backbone = SMALL_BACKBONE if small else DEFAULT_BACKBONE
+        return build_backbone(backbone, self.weights, image_size, small_stem=self.small_stem,
+                              seed=seed)
 
     def _embed(self, X):
         if self.backbone_ is None:
@@ -343,11 +393,31 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
                 f"cache_dtype must be 'auto', 'float32' or 'float16'; got {self.cache_dtype!r}."
             )
         backbone = self.backbone
-        if not isinstance(backbone, (str, torch.nn.Module)):
+        if not isinstance(backbone, (str, torch.nn.Module, FeatureExtractor)):
             raise TypeError(
-                "backbone must be a timm model name, 'auto', 'precomputed' or a "
-                f"torch.nn.Module; got {type(backbone).__name__}."
+                "backbone must be a timm model name, 'auto', 'precomputed', a "
+                f"torch.nn.Module or a fitted backbone_; got {type(backbone).__name__}."
             )
+        if isinstance(backbone, FeatureExtractor) and self.weights is not None:
+            raise ValueError(
+                "weights must be None when backbone is a fitted backbone_ (it has its "
+                f"own weights); got weights={self.weights!r}."
+            )
+        if self.pretrain not in ("auto", "simclr", None):
+            raise ValueError(f"pretrain must be 'auto', 'simclr' or None; got {self.pretrain!r}.")
+        if backbone == "precomputed" and self.pretrain == "simclr":
+            raise ValueError("pretrain='simclr' needs images; backbone='precomputed' has none.")
+        _check_int(self.pretrain_epochs, "pretrain_epochs", 1)
+        if self.pretrain_time is not None:
+            _check_real(self.pretrain_time, "pretrain_time", 0.0, None, "neither")
+        _check_int(self.pretrain_batch_size, "pretrain_batch_size", 2)
+        _check_real(self.pretrain_learning_rate, "pretrain_learning_rate", 0.0, None, "neither")
+        _check_real(self.temperature, "temperature", 0.0, None, "neither")
+        _check_int(self.projection_dim, "projection_dim", 1)
+        pretrain = self.pretrain == "simclr" or (
+            self.pretrain == "auto" and isinstance(backbone, str)
+            and backbone != "precomputed" and self.weights is None
+        )
         weights = self.weights
         if not (weights is None or isinstance(weights, (str, os.PathLike))):
             raise TypeError(
@@ -363,6 +433,7 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             "minibatch_size": minibatch,
             "entropy_weight": entropy_weight,
             "device": _resolve_device(self.device),
+            "pretrain": pretrain,
             "n_weak_views": self.n_weak_views,
             "n_strong_views": self.n_strong_views,
             "flip": bool(self.flip),

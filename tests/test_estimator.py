@@ -353,7 +353,7 @@ def test_user_module_is_not_modified():
 
 def test_timm_backbone_by_name():
     X = images(n=12)
-    est = fast_images(backbone="resnet10t", n_heads=2, max_epochs=1).fit(X)
+    est = fast_images(backbone="resnet10t", pretrain=None, n_heads=2, max_epochs=1).fit(X)
     assert est.labels_.shape == (12,)
     assert est.predict(images(n=3, size=10, seed=3)).shape == (3,)
 

@@ -1,0 +1,158 @@
+"""Stage 1: self-supervised contrastive pretraining on the images to cluster.
+
+We use SimCLR (Chen et al. 2020): two augmented views of each image, a projection
+MLP, and the NT-Xent loss over the ``2B`` views of a batch. Why SimCLR rather than
+the MoCo v2 of the paper:
+
+* it has no queue and no momentum encoder, so it works on data sets smaller than
+  MoCo's 65,536-key queue (the SPICE issues report stale keys and collapse with
+  queues larger than the data) and needs one network in memory, not two;
+* at the batch sizes a CPU can afford (256-512) it trains well: the lightly
+  benchmark on CIFAR-10 reaches about the same kNN accuracy with SimCLR and MoCo
+  at batch 512 (84.8 % vs 84.7 %, 200 epochs), and SimCLR was faster;
+* one forward/backward path keeps the code short and deterministic on the CPU.
+
+MoCo v2 can be added later as another ``pretrain`` method behind the same
+function signature. Augmentations come from :mod:`spice_learn.batch_augment`,
+fitted to the input size (the SimCLR CIFAR recipe from 32 px, a gentler digit
+recipe below 20 px).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from .batch_augment import contrastive_augment
+from .embedding import autocast_dtype
+
+__all__ = ["nt_xent_loss", "ProjectionHead", "pretrain_simclr"]
+
+
+def nt_xent_loss(z1, z2, temperature):
+    """NT-Xent (normalised temperature-scaled cross-entropy) of SimCLR.
+
+    Parameters
+    ----------
+    z1, z2 : torch.Tensor of shape (B, P)
+        Projections of the two views; row ``i`` of both comes from image ``i``.
+    temperature : float
+
+    Returns
+    -------
+    loss : torch.Tensor (scalar)
+        Mean over the ``2B`` views of ``-log softmax(sim / t)[positive]``, where
+        ``sim`` is the cosine similarity to the other ``2B - 1`` views.
+    """
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = z1.shape[0]
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+class ProjectionHead(nn.Sequential):
+    """SimCLR projection MLP: Linear(D, D), BatchNorm, ReLU, Linear(D, P)."""
+
+    def __init__(self, in_dim, out_dim):
+        super().__init__(
+            nn.Linear(in_dim, in_dim, bias=False), nn.BatchNorm1d(in_dim), nn.ReLU(inplace=True),
+            nn.Linear(in_dim, out_dim),
+        )
+
+
+def pretrain_simclr(
+    extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
+    projection_dim, flip, seed, device, verbose=0,
+):
+    """Train ``extractor.module`` in place with SimCLR on ``images``.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        Its module is trained (it must be the caller's own copy).
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    max_epochs : int
+        Upper bound on passes over the data; the cosine learning-rate schedule
+        spans this many epochs.
+    max_time : float or None
+        Wall-clock budget in seconds; training stops after the step that
+        exceeds it.
+    batch_size : int
+        Images per step (each gives two views); clipped to ``N``.
+    learning_rate : float
+        Peak AdamW learning rate (weight decay 1e-4), cosine decay to 0.
+    temperature : float
+        NT-Xent temperature.
+    projection_dim : int
+        Output size of the projection head.
+    flip : bool
+        Allow horizontal flips (only for inputs above 20 px).
+    seed : int
+    device : torch.device
+    verbose : int
+        Progress bar with the loss per epoch when > 0.
+
+    Returns
+    -------
+    history : list of float
+        Mean NT-Xent loss of each completed epoch.
+    """
+    module = extractor.module.to(device).train().requires_grad_(True)
+    module = module.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = ProjectionHead(extractor.feature_dim, projection_dim).to(device)
+    params = list(module.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
+    size = list(extractor.input_size)
+    if list(images.shape[-2:]) != size:
+        images = TF.resize(images, size, antialias=True)
+    augment = contrastive_augment(size, flip=flip)
+    mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
+    amp = autocast_dtype(device)
+    amp = amp if amp == torch.bfloat16 else None  # bf16 needs no loss scaling
+    n = images.shape[0]
+    batch = min(batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    total_steps = max_epochs * steps_per_epoch
+    history, step, start = [], 0, time.perf_counter()
+    bar = tqdm(range(max_epochs), desc="pretraining (SimCLR)", unit="epoch", disable=verbose <= 0)
+    for _ in bar:
+        perm = torch.randperm(n, generator=gen)
+        losses = []
+        for b in range(steps_per_epoch):
+            lr = 0.5 * learning_rate * (1 + math.cos(math.pi * step / total_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = images[perm[b * batch : (b + 1) * batch]].to(device, non_blocking=True)
+            x = x.float().div_(255)
+            views = [((augment(x, gen) - mean) / std).contiguous(memory_format=torch.channels_last)
+                     for _ in range(2)]
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                z = head(module(torch.cat(views)).flatten(1))
+            loss = nt_xent_loss(z[:batch], z[batch:], temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+            step += 1
+            if max_time is not None and time.perf_counter() - start > max_time:
+                break
+        history.append(float(torch.stack(losses).mean()))
+        if verbose > 0:
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+        if max_time is not None and time.perf_counter() - start > max_time:
+            break
+    bar.close()
+    module.eval().requires_grad_(False)
+    return history

@@ -1,0 +1,73 @@
+"""Per-sample batch augmentation used by pretraining."""
+
+import pytest
+import torch
+
+from spice_learn.batch_augment import BatchAugment, contrastive_augment
+
+
+def _batch(n=6, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 3, size, size), generator=g)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (32, 32), (12, 20)])
+def test_shape_and_range(size):
+    out = contrastive_augment(size)(_batch(size=max(size)), torch.Generator().manual_seed(0))
+    assert out.shape == (6, 3, *size)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_each_sample_gets_its_own_parameters():
+    same = _batch(n=1).expand(8, -1, -1, -1).contiguous()
+    out = contrastive_augment((32, 32))(same, torch.Generator().manual_seed(0))
+    diffs = [(out[0] - out[i]).abs().mean().item() for i in range(1, 8)]
+    assert min(diffs) > 1e-3
+
+
+def test_deterministic_for_a_seeded_generator():
+    aug = contrastive_augment((16, 16))
+    a = aug(_batch(), torch.Generator().manual_seed(5))
+    b = aug(_batch(), torch.Generator().manual_seed(5))
+    c = aug(_batch(), torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_identity_settings_reproduce_the_input():
+    identity = BatchAugment((16, 16), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                            brightness=0, contrast=0, saturation=0, grayscale_p=0)
+    x = _batch()
+    torch.testing.assert_close(identity(x, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=0)
+
+
+def test_flip_only_mirrors():
+    flip = BatchAugment((16, 16), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=True,
+                        brightness=0, contrast=0, saturation=0, grayscale_p=0)
+    x = _batch(n=32)
+    out = flip(x, torch.Generator().manual_seed(0))
+    mirrored = torch.isclose(out, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    kept = torch.isclose(out, x, atol=1e-5).flatten(1).all(1)
+    assert (mirrored | kept).all() and mirrored.any() and kept.any()
+
+
+def test_grayscale_makes_channels_equal():
+    gray = BatchAugment((16, 16), crop_scale=(1.0, 1.0), flip=False, brightness=0, contrast=0,
+                        saturation=0, grayscale_p=1.0)
+    out = gray(_batch(), torch.Generator().manual_seed(0))
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+
+
+def test_cutout_blanks_a_square():
+    cut = BatchAugment((16, 16), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                       brightness=0, contrast=0, saturation=0, grayscale_p=0, cutout_p=1.0,
+                       cutout_size=0.5)
+    out = cut(torch.ones(4, 3, 16, 16), torch.Generator().manual_seed(0))
+    zero_share = (out == 0).float().mean(dim=(1, 2, 3))
+    assert ((zero_share > 0.05) & (zero_share <= 0.26)).all()
+
+
+def test_recipes_depend_on_size():
+    small, large = contrastive_augment((16, 16)), contrastive_augment((32, 32))
+    assert not small.flip and small.padding_mode == "zeros" and small.grayscale_p == 0
+    assert large.flip and large.crop_scale == (0.2, 1.0) and large.grayscale_p == 0.2
+    assert not contrastive_augment((32, 32), flip=False).flip

@@ -1,0 +1,208 @@
+"""Stage 1: SimCLR loss, training loop, determinism, and when the estimator pretrains."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import spice_learn.estimator as estimator_module
+from spice_learn import SpiceClustering
+from spice_learn.backbones import build_backbone
+from spice_learn.pretrain import ProjectionHead, nt_xent_loss, pretrain_simclr
+
+
+def test_nt_xent_matches_hand_computation_identical_views():
+    # Views a, b and their copies a', b' (unit vectors, t = 1). For a: similarity 1 to
+    # its positive a', 0 to b and b' -> loss = -log(e / (e + 2)) = log(2 + e) - 1.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = nt_xent_loss(z, z.clone(), temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(2 + math.e) - 1, abs=1e-6)
+
+
+def test_nt_xent_matches_hand_computation_swapped_views():
+    # Positives orthogonal (similarity 0), one negative aligned (similarity 1):
+    # -log(1 / (1 + 1 + e)) = log(2 + e).
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert nt_xent_loss(z1, z2, 1.0).item() == pytest.approx(math.log(2 + math.e), abs=1e-6)
+
+
+def test_nt_xent_temperature_and_scale_invariance():
+    z1 = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+    z2 = torch.tensor([[0.0, 5.0], [1.0, 0.0]])
+    # Projections are L2-normalised inside; t = 0.5 doubles every similarity.
+    expected = math.log(2 + math.exp(2.0))
+    assert nt_xent_loss(z1, z2, 0.5).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_nt_xent_single_pair_is_zero():
+    z = torch.tensor([[0.3, -1.2, 0.5]])
+    assert nt_xent_loss(z, z * 2, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_projection_head_shape():
+    head = ProjectionHead(16, 4)
+    assert head(torch.randn(5, 16)).shape == (5, 4)
+
+
+def _pattern_images(n=64, size=12, seed=0):
+    """Four kinds of simple shapes on a dark background, uint8 (N, 3, H, W)."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 3, size, size), dtype=np.uint8)
+    for i in range(n):
+        kind, o = i % 4, rng.integers(0, 3)
+        if kind == 0:
+            x[i, :, 2 + o : 4 + o, 1:-1] = 255
+        elif kind == 1:
+            x[i, :, 1:-1, 2 + o : 4 + o] = 255
+        elif kind == 2:
+            x[i, :, 3:9, 3:9] = 255
+        else:
+            np.fill_diagonal(x[i, 0], 255)
+            x[i, 1:] = x[i, :1]
+    return torch.from_numpy(x)
+
+
+def _pretrain(seed=0, epochs=3, **kwargs):
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=seed)
+    params = dict(max_epochs=epochs, max_time=None, batch_size=32, learning_rate=3e-3,
+                  temperature=0.5, projection_dim=16, flip=False, seed=seed,
+                  device=torch.device("cpu"))
+    params.update(kwargs)
+    history = pretrain_simclr(extractor, _pattern_images(), **params)
+    return extractor, history
+
+
+def test_loss_falls_over_a_few_epochs():
+    _, history = _pretrain(epochs=8)
+    assert len(history) == 8
+    assert np.mean(history[-2:]) < history[0] - 0.05
+
+
+def test_fixed_seed_gives_identical_weights_on_cpu():
+    (a, ha), (b, hb), (c, _) = _pretrain(seed=3), _pretrain(seed=3), _pretrain(seed=4)
+    sa, sb, sc = a.module.state_dict(), b.module.state_dict(), c.module.state_dict()
+    assert ha == hb
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_pretraining_leaves_module_frozen_and_in_eval_mode():
+    extractor, _ = _pretrain(epochs=1)
+    assert not extractor.module.training
+    assert not any(p.requires_grad for p in extractor.module.parameters())
+
+
+def test_time_budget_stops_after_one_step():
+    _, history = _pretrain(epochs=50, max_time=0.0)
+    assert len(history) == 1
+
+
+def test_global_rng_untouched():
+    state = torch.get_rng_state()
+    _pretrain(epochs=1)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+# ---------------------------------------------------------------- estimator side
+@pytest.fixture
+def calls(monkeypatch):
+    """Record pretraining calls without running them."""
+    seen = []
+
+    def fake(extractor, images, **kwargs):
+        seen.append(kwargs)
+        return [1.0]
+
+    monkeypatch.setattr(estimator_module, "pretrain_simclr", fake)
+    return seen
+
+
+def _images(n=24, size=8):
+    return np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
+
+
+FAST = dict(n_heads=2, max_epochs=1, n_weak_views=1, n_strong_views=1, random_state=0)
+
+
+def test_auto_pretrains_random_timm_backbone(calls):
+    est = SpiceClustering(3, backbone="spice_convnet4", **FAST).fit(_images())
+    assert len(calls) == 1
+    np.testing.assert_array_equal(est.pretrain_history_, [1.0])
+
+
+def test_default_backbone_for_small_images_is_the_small_convnet(calls):
+    est = SpiceClustering(3, **FAST).fit(_images())
+    assert est.backbone_.name == "spice_convnet4" and est.backbone_.input_size == (16, 16)
+    assert len(calls) == 1
+
+
+def test_pretraining_skipped_when_weights_are_given(calls, tmp_path):
+    path = tmp_path / "w.pth"
+    source = build_backbone("spice_convnet4", None, (8, 8), seed=1).module
+    torch.save(source.state_dict(), path)
+    est = SpiceClustering(3, backbone="spice_convnet4", weights=str(path), **FAST).fit(_images())
+    assert calls == [] and est.pretrain_history_.shape == (0,)
+    for key, value in source.state_dict().items():
+        assert torch.equal(est.backbone_.module.state_dict()[key], value)
+
+
+def test_pretraining_skipped_for_user_modules_and_when_off(calls):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten())
+    SpiceClustering(3, backbone=module, **FAST).fit(_images())
+    SpiceClustering(3, backbone="spice_convnet4", pretrain=None, **FAST).fit(_images())
+    assert calls == []
+
+
+def test_pretrain_simclr_forces_pretraining_of_given_weights(calls, tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(build_backbone("spice_convnet4", None, (8, 8)).module.state_dict(), path)
+    SpiceClustering(3, backbone="spice_convnet4", weights=str(path), pretrain="simclr",
+                    **FAST).fit(_images())
+    assert len(calls) == 1
+
+
+def test_fitted_backbone_can_be_reused_without_pretraining(calls):
+    first = SpiceClustering(3, backbone="spice_convnet4", pretrain=None, **FAST).fit(_images())
+    second = SpiceClustering(3, backbone=first.backbone_, **FAST).fit(_images())
+    assert calls == []
+    assert second.backbone_ is not first.backbone_
+    a, b = first.backbone_.module.state_dict(), second.backbone_.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_estimator_pretraining_is_deterministic():
+    params = dict(backbone="spice_convnet4", pretrain_epochs=2, pretrain_batch_size=16, **FAST)
+    a = SpiceClustering(3, **params).fit(_images())
+    b = SpiceClustering(3, **params).fit(_images())
+    np.testing.assert_array_equal(a.pretrain_history_, b.pretrain_history_)
+    assert len(a.pretrain_history_) == 2
+    sa, sb = a.backbone_.module.state_dict(), b.backbone_.module.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"pretrain": "moco"}, "pretrain"),
+        ({"pretrain_epochs": 0}, "pretrain_epochs"),
+        ({"pretrain_time": -1.0}, "pretrain_time"),
+        ({"pretrain_time": float("nan")}, "pretrain_time"),
+        ({"pretrain_batch_size": 1}, "pretrain_batch_size"),
+        ({"pretrain_learning_rate": 0.0}, "pretrain_learning_rate"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"projection_dim": 0}, "projection_dim"),
+    ],
+)
+def test_bad_pretraining_parameters(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SpiceClustering(3, **bad).fit(_images())
+
+
+def test_pretrain_simclr_needs_images():
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(ValueError, match="pretrain='simclr' needs images"):
+        SpiceClustering(2, backbone="precomputed", pretrain="simclr").fit(X)
