@@ -104,9 +104,10 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     n_weak_views, n_strong_views : int, default=2 and 4
         Augmented views cached per image. Each costs one backbone pass per image
         and ``D`` floats of memory per image (see ``cache_dtype``).
-    flip : bool, default=True
-        Whether weak and strong views flip images horizontally (turn off for
-        digits or text).
+    flip : bool or "auto", default="auto"
+        Whether augmentations flip images horizontally. "auto" flips when the
+        network input is larger than 20 px (natural images) and not for smaller
+        inputs (digits, characters, icons, where a mirror image is another symbol).
     cache_dtype : {"auto", "float32", "float16"}, default="auto"
         Storage of cached embeddings: ``4 * D`` (float32) or ``2 * D`` (float16)
         bytes per image and view; "auto" switches to float16 when the float32
@@ -162,7 +163,7 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         n_heads=10,
         hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs=100,
         learning_rate=5e-3, confidence_ratio=0.5, entropy_weight="auto", n_weak_views=2,
-        n_strong_views=4, flip=True, cache_dtype="auto", embed_batch_size=256, device="auto",
+        n_strong_views=4, flip="auto", cache_dtype="auto", embed_batch_size=256, device="auto",
         random_state=None, verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -238,7 +239,8 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
                     extractor, images, max_epochs=self.pretrain_epochs,
                     max_time=self.pretrain_time, batch_size=self.pretrain_batch_size,
                     learning_rate=self.pretrain_learning_rate, temperature=self.temperature,
-                    projection_dim=self.projection_dim, flip=bool(self.flip), seed=seeds[3],
+                    projection_dim=self.projection_dim, flip=_resolve_flip(self.flip, extractor),
+                    seed=seeds[3],
                     device=device, verbose=self.verbose,
                 )
             cache = _image_cache(extractor, images, params, seeds[1], self.verbose)
@@ -386,8 +388,8 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             raise ValueError(
                 f"small_stem must be 'auto', True or False; got {self.small_stem!r}."
             )
-        if not isinstance(self.flip, (bool, np.bool_)):
-            raise TypeError(f"flip must be a bool; got {type(self.flip).__name__}.")
+        if not (isinstance(self.flip, (bool, np.bool_)) or self.flip == "auto"):
+            raise ValueError(f"flip must be True, False or 'auto'; got {self.flip!r}.")
         if self.cache_dtype not in ("auto", "float32", "float16"):
             raise ValueError(
                 f"cache_dtype must be 'auto', 'float32' or 'float16'; got {self.cache_dtype!r}."
@@ -436,7 +438,7 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             "pretrain": pretrain,
             "n_weak_views": self.n_weak_views,
             "n_strong_views": self.n_strong_views,
-            "flip": bool(self.flip),
+            "flip": self.flip,
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }
@@ -484,6 +486,13 @@ def _resolve_device(device):
     return resolved
 
 
+def _resolve_flip(flip, extractor):
+    """``flip="auto"``: flip only network inputs larger than 20 px."""
+    if isinstance(flip, str):
+        return max(extractor.input_size) > 20
+    return bool(flip)
+
+
 def _cache_dtype(choice, n_samples, n_views, dim):
     if choice == "auto":
         big = cache_nbytes(n_samples, n_views, dim, torch.float32) > AUTO_FLOAT16_BYTES
@@ -508,8 +517,8 @@ def _image_cache(extractor, images, params, seed, verbose):
     n_weak, n_strong = params["n_weak_views"], params["n_strong_views"]
     transforms = (
         [None]
-        + [weak_transform(size, flip=params["flip"])] * n_weak
-        + [strong_transform(size, flip=params["flip"])] * n_strong
+        + [weak_transform(size, flip=_resolve_flip(params["flip"], extractor))] * n_weak
+        + [strong_transform(size, flip=_resolve_flip(params["flip"], extractor))] * n_strong
     )
     dtype = _cache_dtype(params["cache_dtype"], images.shape[0], len(transforms),
                          extractor.feature_dim)

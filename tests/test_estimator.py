@@ -426,7 +426,7 @@ BAD_PARAMS = [
     ({"verbose": -1}, ValueError, "verbose"),
     ({"cache_dtype": "int8"}, ValueError, "cache_dtype"),
     ({"small_stem": "yes"}, ValueError, "small_stem"),
-    ({"flip": "no"}, TypeError, "flip"),
+    ({"flip": "no"}, ValueError, "flip"),
     ({"device": "tpu"}, ValueError, "device"),
     ({"backbone": 42}, TypeError, "backbone"),
     ({"weights": "pretrained"}, ValueError, "weights"),  # with backbone="precomputed"
