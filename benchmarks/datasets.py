@@ -46,3 +46,41 @@ def cifar10_test(path=None):
     """CIFAR-10 test images (10000, 32, 32, 3) uint8 (decoded from JPEG) and labels."""
     d = np.load(checked_path("cifar10_test.npz", path))
     return d["x_test"], d["y_test"].astype(np.int64)
+
+
+def _scaled_uint8(x):
+    x = np.asarray(x, dtype=np.float64)
+    return np.rint(x / x.max() * 255).astype(np.uint8)
+
+
+def mnist(path=None):
+    """All 70,000 MNIST images (28x28 uint8) and labels."""
+    d = np.load(checked_path("mnist.npz", path))
+    return np.concatenate([d["x_train"], d["x_test"]]), np.concatenate([d["y_train"], d["y_test"]]).astype(np.int64)
+
+
+def usps(path=None):
+    """All 9,298 USPS images (16x16, scaled to uint8) and labels."""
+    d = np.load(checked_path("usps.npz", path))
+    x = np.concatenate([d["x_train"], d["x_test"]])
+    return _scaled_uint8(x), np.concatenate([d["y_train"], d["y_test"]]).astype(np.int64)
+
+
+def fashion_mnist_subset(path=None):
+    """The 12,669 Fashion-MNIST images of the shared subset (28x28 uint8) and labels."""
+    d = np.load(checked_path("fashion_mnist_subset.npz", path))
+    return np.concatenate([d["x_train"], d["x_test"]]), np.concatenate([d["y_train"], d["y_test"]]).astype(np.int64)
+
+
+def cifar10_all(path=None):
+    """All 60,000 CIFAR-10 images (train JPEGs decoded, then test), 32x32x3 uint8."""
+    import io
+
+    from PIL import Image
+
+    d = np.load(checked_path("cifar10_train.npz", path))
+    b, o = d["jpeg_bytes"], d["jpeg_offsets"]
+    train = np.stack([np.asarray(Image.open(io.BytesIO(b[o[i]:o[i + 1]].tobytes())).convert("RGB"))
+                      for i in range(len(o) - 1)])
+    x_test, y_test = cifar10_test(path)
+    return np.concatenate([train, x_test]), np.concatenate([d["y_train"].astype(np.int64), y_test])

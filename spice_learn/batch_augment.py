@@ -116,21 +116,21 @@ class BatchAugment:
                              align_corners=False)
 
     def _colour(self, x, uniform):
-        apply = (uniform(0.0, 1.0) < self.jitter_p).view(-1, 1, 1, 1)
-        gray = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         jittered = x
         if self.brightness > 0:
             jittered = jittered * uniform(1 - self.brightness, 1 + self.brightness, 1, 1, 1)
         if self.contrast > 0:
-            mean = gray.mean(dim=(2, 3), keepdim=True)
-            jittered = (jittered - mean) * uniform(1 - self.contrast, 1 + self.contrast, 1, 1, 1) + mean
+            mean = _luma(x).mean(dim=(2, 3), keepdim=True)
+            factor = uniform(1 - self.contrast, 1 + self.contrast, 1, 1, 1)
+            jittered = (jittered - mean) * factor + mean
         if self.saturation > 0:
-            g = (jittered * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-            jittered = (jittered - g) * uniform(1 - self.saturation, 1 + self.saturation, 1, 1, 1) + g
-        x = torch.where(apply, jittered, x)
+            gray = _luma(jittered)
+            factor = uniform(1 - self.saturation, 1 + self.saturation, 1, 1, 1)
+            jittered = (jittered - gray) * factor + gray
+        x = torch.where((uniform(0.0, 1.0) < self.jitter_p).view(-1, 1, 1, 1), jittered, x)
         if self.grayscale_p > 0:
-            g = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-            x = torch.where((uniform(0.0, 1.0) < self.grayscale_p).view(-1, 1, 1, 1), g.expand_as(x), x)
+            to_gray = (uniform(0.0, 1.0) < self.grayscale_p).view(-1, 1, 1, 1)
+            x = torch.where(to_gray, _luma(x).expand_as(x), x)
         return x
 
     def _cutout(self, x, uniform):
@@ -142,6 +142,11 @@ class BatchAugment:
         hole = ((ys - cy).abs() < half) & ((xs - cx).abs() < half)
         hole &= (uniform(0.0, 1.0) < self.cutout_p).view(-1, 1, 1)
         return x.masked_fill(hole[:, None], 0.0)
+
+
+def _luma(x):
+    """ITU-R 601 gray level of ``(B, 3, H, W)`` images, shape ``(B, 1, H, W)``."""
+    return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 def contrastive_augment(size, *, flip=True):

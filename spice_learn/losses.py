@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 __all__ = ["double_softmax_cross_entropy", "negative_entropy_of_mean"]

@@ -6,7 +6,6 @@ training, head selection or early stopping.
 
 from __future__ import annotations
 
-import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, make_scorer, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix

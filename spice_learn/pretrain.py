@@ -84,7 +84,8 @@ def pretrain_simclr(
         spans this many epochs.
     max_time : float or None
         Wall-clock budget in seconds; training stops after the step that
-        exceeds it.
+        exceeds it, and the cosine schedule follows elapsed time when that runs
+        out before the epochs do (so results then depend on the machine's speed).
     batch_size : int
         Images per step (each gives two views); clipped to ``N``.
     learning_rate : float
@@ -131,7 +132,11 @@ def pretrain_simclr(
         perm = torch.randperm(n, generator=gen)
         losses = []
         for b in range(steps_per_epoch):
-            lr = 0.5 * learning_rate * (1 + math.cos(math.pi * step / total_steps))
+            progress = step / total_steps
+            if max_time is not None and max_time > 0:
+                # With a time budget the schedule follows whichever runs out first.
+                progress = max(progress, (time.perf_counter() - start) / max_time)
+            lr = 0.5 * learning_rate * (1 + math.cos(math.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = images[perm[b * batch : (b + 1) * batch]].to(device, non_blocking=True)

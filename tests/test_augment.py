@@ -9,15 +9,6 @@ from spice_learn.augment import feature_views, strong_transform, weak_transform
 SIZE = (32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Per-image transforms on tiny tensors are much faster on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gradient_image():
     """A strong left-to-right horizontal gradient, 0 .. 248."""
     return (torch.arange(32) * 8).view(1, 1, 32).expand(3, 32, 32).to(torch.uint8).contiguous()

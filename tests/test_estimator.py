@@ -22,15 +22,6 @@ N_BLOBS, N_FEATURES, N_CENTERS = 60, 8, 3
 N_IMAGES = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny per-image work is much faster on one intra-op thread (and on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyNet(nn.Module):
     """A tiny backbone: (B, 3, H, W) -> (B, 8, H, W) maps (pooled by build_backbone)."""
 

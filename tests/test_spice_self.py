@@ -22,15 +22,6 @@ N, K, D = 400, 4, 16
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster (and steadier on busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_cache(seed=0, n=N, k=K, d=D, dtype=torch.float32):
     """Well separated Gaussian clusters; weak/strong views are noisy copies."""
     gen = torch.Generator().manual_seed(seed)
