@@ -22,7 +22,7 @@ __all__ = ["weak_transform", "strong_transform", "feature_views"]
 
 def weak_transform(size, *, flip=True):
     """Flip-and-shift transform for ``(3, H, W)`` uint8 images of ``size=(H, W)``."""
-    pad = max(1, round(0.125 * max(size)))
+    pad = [max(1, round(0.125 * size[1])), max(1, round(0.125 * size[0]))]  # left/right, top/bottom
     steps = [v2.RandomHorizontalFlip()] if flip else []
     steps.append(v2.RandomCrop(size, padding=pad, padding_mode="reflect"))
     return v2.Compose(steps)

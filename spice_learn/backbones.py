@@ -29,7 +29,10 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["FeatureExtractor", "build_backbone", "load_state_dict_file", "SMALL_IMAGE_SIZE"]
+__all__ = [
+    "FeatureExtractor", "build_backbone", "check_model_name", "load_state_dict_file",
+    "SMALL_IMAGE_SIZE",
+]
 
 #: Images whose longer side is at most this many pixels count as "small": they keep
 #: (about) their own size instead of being resized to the model's 224 px default.
@@ -86,11 +89,12 @@ def build_backbone(backbone, weights, image_size, *, small_stem="auto", seed=0):
     image_size : tuple of int
         ``(H, W)`` of the images to embed.
     small_stem : {"auto", True, False}
-        For small images (longer side <= :data:`SMALL_IMAGE_SIZE`) and a ResNet-like
-        timm model, drop the stem's max-pool and stride: a fresh 3x3 stride-1
-        conv when the weights are random or the checkpoint has one (the CIFAR stem
-        of SCAN/SPICE), the pretrained kernel at stride 1 otherwise.
-        ``"auto"`` does this for small images only.
+        For a ResNet-like timm model, drop the stem's max-pool and stride: a fresh
+        3x3 stride-1 conv when the weights are random or the checkpoint has one
+        (the CIFAR stem of SCAN/SPICE), the pretrained kernel at stride 1
+        otherwise. ``"auto"`` does this for small images only (longer side <=
+        :data:`SMALL_IMAGE_SIZE`); ``True`` forces it at any size, which costs
+        about 16x the compute at 224 px.
     seed : int
         Seed for the random initialisation (the global RNG state is restored).
 
@@ -106,12 +110,12 @@ def build_backbone(backbone, weights, image_size, *, small_stem="auto", seed=0):
                 f"weights are used); got weights={weights!r}."
             )
         return _from_user_module(backbone, image_size)
-    name = _check_model_name(backbone)
+    name = check_model_name(backbone)
     state_dict = None
     if weights not in (None, "pretrained"):
         state_dict = load_state_dict_file(weights)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores it
         if weights == "pretrained":
             model = _create_pretrained(name)
         else:
@@ -185,7 +189,8 @@ def load_state_dict_file(path):
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _check_model_name(name):
+def check_model_name(name):
+    """Return ``name`` if it is a timm model name; else a TypeError/ValueError."""
     if not isinstance(name, str):
         raise TypeError(
             "backbone must be a timm model name, a torch.nn.Module or 'precomputed'; "
@@ -256,7 +261,7 @@ def _adapt_stem(model, mode, seed):
         return "original"
     if mode == "cifar":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)
+            torch.default_generator.manual_seed(seed + 1)
             model.conv1 = nn.Conv2d(
                 conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False
             )

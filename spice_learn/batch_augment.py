@@ -19,7 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "contrastive_augment"]
+__all__ = ["BatchAugment", "contrastive_augment", "TINY_INPUT_SIZE"]
+
+#: Network inputs up to this many pixels get the digit recipe and no flips.
+TINY_INPUT_SIZE = 20
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ def contrastive_augment(size, *, flip=True):
     ``flip=False`` turns flips off (they are off for small images anyway).
     """
     size = tuple(int(s) for s in size)
-    if max(size) <= 20:
+    if max(size) <= TINY_INPUT_SIZE:
         return BatchAugment(
             size, crop_scale=(0.5, 1.0), crop_ratio=(0.8, 1.25), flip=False, rotation=15.0,
             translate=0.1, elastic=0.06, brightness=0.3, contrast=0.3, saturation=0.0,

@@ -21,15 +21,19 @@ from tqdm.auto import tqdm
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype"]
 
 
-def autocast_dtype(device):
+def autocast_dtype(device, *, bf16_only=False):
     """Reduced precision used for backbone forward passes on ``device``, or None.
 
     CUDA: bfloat16 where supported, else float16. CPU: bfloat16 when the processor
     has native bfloat16 instructions (AVX512-BF16 or AMX), where it is about 3x
     faster than float32 for a ResNet-18 at 32 px; float32 otherwise.
+    ``bf16_only=True`` (for training, where float16 would need loss scaling)
+    returns None instead of float16.
     """
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None if bf16_only else torch.float16
     if device.type == "cpu":
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         if any(getattr(torch.cpu, name, lambda: False)() for name in checks):
@@ -105,7 +109,7 @@ def embed_views(
     size = list(extractor.input_size)
     bar = tqdm(total=n * len(transforms), desc=desc, unit="img", disable=verbose <= 0)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores it
         for start in range(0, n, batch_size):
             batch = images[start : start + batch_size]
             if list(batch.shape[-2:]) != size:

@@ -15,11 +15,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, check_scalar
 
 from .augment import feature_views, strong_transform, weak_transform
-from .backbones import FeatureExtractor, build_backbone
+from .batch_augment import TINY_INPUT_SIZE
+from .backbones import FeatureExtractor, build_backbone, check_model_name
 from .embedding import ViewCache, cache_nbytes, embed_images, embed_views
 from .image_input import as_features, as_images
 from .pretrain import pretrain_simclr
-from .pseudo_labels import cluster_prototypes
+from .pseudo_labels import cluster_prototypes, n_confident
 from .spice_self import (
     default_batch_size,
     default_minibatch_size,
@@ -70,7 +71,10 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     pretrain_epochs : int, default=100
         Maximum pretraining epochs (the cosine schedule spans them).
     pretrain_time : float or None, default=None
-        Wall-clock budget for pretraining in seconds (None: no budget).
+        Wall-clock budget for pretraining in seconds (None: no budget). With a
+        budget, the number of steps and the learning-rate schedule depend on the
+        machine's speed, so a fixed ``random_state`` no longer gives identical
+        weights from run to run.
     pretrain_batch_size : int, default=256
         Images per pretraining step (two views each).
     pretrain_learning_rate : float, default=1e-3
@@ -121,6 +125,14 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     verbose : int, default=0
         Progress bars when > 0.
 
+    Notes
+    -----
+    With ``backbone="precomputed"`` the image-only parameters (``weights``,
+    ``pretrain*``, ``temperature``, ``projection_dim``, ``small_stem``, ``flip``,
+    ``cache_dtype`` and ``embed_batch_size``) have no effect. ``labels_`` and
+    ``predict`` use the selected head on the original (unaugmented) images, as in
+    line 27 of Algorithm 1; pseudo-labelling and head selection use weak views.
+
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
@@ -139,9 +151,11 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     best_head_ : int
         Index of the selected head, ``argmin(head_losses_)``.
     loss_history_ : ndarray of shape (max_epochs, n_heads)
-        Mean training DS-CE per epoch and head.
+        Mean training loss per epoch and head (DS-CE, plus the entropy term when
+        it is on).
     cluster_centers_ : ndarray of shape (n_clusters, D)
-        Prototypes of the selected head over the training set (Eq. 2).
+        Prototypes of the selected head over the training set (Eq. 2), in the
+        L2-normalised embedding space (not the input space as in KMeans).
     n_features_in_ : int
         Number of features (``backbone="precomputed"`` only).
 
@@ -234,16 +248,16 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             images = as_images(X)
             self._check_n_samples(images.shape[0])
             extractor = self._build_extractor(tuple(images.shape[-2:]), seeds[0])
+            flip = _resolve_flip(self.flip, extractor)
             if params["pretrain"]:
                 pretrain_history = pretrain_simclr(
                     extractor, images, max_epochs=self.pretrain_epochs,
                     max_time=self.pretrain_time, batch_size=self.pretrain_batch_size,
                     learning_rate=self.pretrain_learning_rate, temperature=self.temperature,
-                    projection_dim=self.projection_dim, flip=_resolve_flip(self.flip, extractor),
-                    seed=seeds[3],
+                    projection_dim=self.projection_dim, flip=flip, seed=seeds[3],
                     device=device, verbose=self.verbose,
                 )
-            cache = _image_cache(extractor, images, params, seeds[1], self.verbose)
+            cache = _image_cache(extractor, images, params, flip, seeds[1], self.verbose)
 
         k = self.n_clusters
         heads, history = train_heads(
@@ -258,7 +272,7 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         best = int(np.argmin(losses))
         classifier = heads.select([best])
         probs = head_probabilities(classifier, cache.original)
-        n_top = max(1, int(self.confidence_ratio * cache.n_samples / k))
+        n_top = n_confident(cache.n_samples, k, self.confidence_ratio)
         centers = cluster_prototypes(cache.original.to(probs.device).float(), probs, n_top)[0]
 
         # Everything succeeded: only now touch the estimator's state.
@@ -278,21 +292,6 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         elif hasattr(self, "n_features_in_"):
             del self.n_features_in_
         return self
-
-    def fit_predict(self, X, y=None):
-        """Fit and return ``labels_``.
-
-        Parameters
-        ----------
-        X : images or features
-            See :meth:`fit`.
-        y : ignored
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
-        return self.fit(X).labels_
 
     # -------------------------------------------------------------- predict
     def predict_proba(self, X):
@@ -345,7 +344,10 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
                 )
             return F.normalize(torch.from_numpy(features), dim=1)
         images = as_images(X)
-        device = _resolve_device(self.device)
+        try:
+            device = _resolve_device(self.device)
+        except ValueError:  # fitted with device="cuda", now on a machine without CUDA
+            device = torch.device("cpu")
         try:
             return embed_images(
                 self.backbone_, images, batch_size=self.embed_batch_size, device=device,
@@ -400,6 +402,8 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
                 "backbone must be a timm model name, 'auto', 'precomputed', a "
                 f"torch.nn.Module or a fitted backbone_; got {type(backbone).__name__}."
             )
+        if isinstance(backbone, str) and backbone not in ("auto", "precomputed"):
+            check_model_name(backbone)  # before any image is read
         if isinstance(backbone, FeatureExtractor) and self.weights is not None:
             raise ValueError(
                 "weights must be None when backbone is a fitted backbone_ (it has its "
@@ -425,6 +429,11 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             raise TypeError(
                 "weights must be None, 'pretrained' or a path to a weight file; got "
                 f"{type(weights).__name__}."
+            )
+        if isinstance(backbone, torch.nn.Module) and weights is not None:
+            raise ValueError(
+                "weights must be None when backbone is a torch.nn.Module (its own "
+                f"weights are used); got weights={weights!r}."
             )
         if backbone == "precomputed" and weights is not None:
             raise ValueError(
@@ -487,9 +496,9 @@ def _resolve_device(device):
 
 
 def _resolve_flip(flip, extractor):
-    """``flip="auto"``: flip only network inputs larger than 20 px."""
+    """``flip="auto"``: flip only network inputs larger than ``TINY_INPUT_SIZE``."""
     if isinstance(flip, str):
-        return max(extractor.input_size) > 20
+        return max(extractor.input_size) > TINY_INPUT_SIZE
     return bool(flip)
 
 
@@ -511,14 +520,14 @@ def _feature_cache(features, params, seed):
     )
 
 
-def _image_cache(extractor, images, params, seed, verbose):
+def _image_cache(extractor, images, params, flip, seed, verbose):
     """Embed the original images and their augmented views once each."""
     size = extractor.input_size
     n_weak, n_strong = params["n_weak_views"], params["n_strong_views"]
     transforms = (
         [None]
-        + [weak_transform(size, flip=_resolve_flip(params["flip"], extractor))] * n_weak
-        + [strong_transform(size, flip=_resolve_flip(params["flip"], extractor))] * n_strong
+        + [weak_transform(size, flip=flip)] * n_weak
+        + [strong_transform(size, flip=flip)] * n_strong
     )
     dtype = _cache_dtype(params["cache_dtype"], images.shape[0], len(transforms),
                          extractor.feature_dim)

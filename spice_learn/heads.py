@@ -64,7 +64,10 @@ class MultiHeadClassifier(nn.Module):
     def select(self, heads):
         """A new :class:`MultiHeadClassifier` holding only the given heads."""
         heads = torch.as_tensor(heads).reshape(-1)
-        sub = MultiHeadClassifier(len(heads), self.in_dim, self.hidden_dim, self.n_clusters)
+        # A throwaway generator: the copied weights replace the init anyway, and the
+        # global RNG stays untouched.
+        sub = MultiHeadClassifier(len(heads), self.in_dim, self.hidden_dim, self.n_clusters,
+                                  generator=torch.Generator())
         sub = sub.to(self.w1.device)
         cols = (heads[:, None] * self.hidden_dim + torch.arange(self.hidden_dim)).reshape(-1)
         with torch.no_grad():

@@ -118,9 +118,7 @@ def as_features(X):
     """
     if isinstance(X, torch.Tensor):
         X = _tensor_to_numpy(X)
-    features = check_array(X, dtype=np.float32, ensure_min_samples=1, input_name="X")
-    # check_array may return the caller's own array when no conversion is needed.
-    return features.copy() if np.shares_memory(features, np.asarray(X)) else features
+    return check_array(X, dtype=np.float32, ensure_min_samples=1, copy=True, input_name="X")
 
 
 def _tensor_to_numpy(tensor):
@@ -226,7 +224,7 @@ def _to_uint8(arr):
                 "normalisation is applied internally)."
             )
         scale = 255.0 if hi <= 1.0 else 1.0
-        return np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(arr.astype(np.float32) * scale), 0, 255).astype(np.uint8)
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi > 255:
         raise ValueError(

@@ -110,18 +110,15 @@ def pretrain_simclr(
     module = module.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores it
         head = ProjectionHead(extractor.feature_dim, projection_dim).to(device)
     params = list(module.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
     size = list(extractor.input_size)
-    if list(images.shape[-2:]) != size:
-        images = TF.resize(images, size, antialias=True)
     augment = contrastive_augment(size, flip=flip)
     mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
-    amp = autocast_dtype(device)
-    amp = amp if amp == torch.bfloat16 else None  # bf16 needs no loss scaling
+    amp = autocast_dtype(device, bf16_only=True)
     n = images.shape[0]
     batch = min(batch_size, n)
     steps_per_epoch = max(1, n // batch)
@@ -133,14 +130,16 @@ def pretrain_simclr(
         losses = []
         for b in range(steps_per_epoch):
             progress = step / total_steps
-            if max_time is not None and max_time > 0:
+            if max_time:  # None or 0: no time-based schedule
                 # With a time budget the schedule follows whichever runs out first.
                 progress = max(progress, (time.perf_counter() - start) / max_time)
             lr = 0.5 * learning_rate * (1 + math.cos(math.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = images[perm[b * batch : (b + 1) * batch]].to(device, non_blocking=True)
-            x = x.float().div_(255)
+            x = images[perm[b * batch : (b + 1) * batch]]
+            if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
+                x = TF.resize(x, size, antialias=True)
+            x = x.to(device, non_blocking=True).float().div_(255)
             views = [((augment(x, gen) - mean) / std).contiguous(memory_format=torch.channels_last)
                      for _ in range(2)]
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

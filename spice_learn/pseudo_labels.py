@@ -18,7 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cluster_prototypes", "assign_pseudo_labels"]
+__all__ = ["n_confident", "cluster_prototypes", "assign_pseudo_labels"]
+
+
+def n_confident(n_samples, n_clusters, confidence_ratio):
+    """``n_t = r * M / k`` of Eq. 1 (at least 1): samples averaged per prototype."""
+    return max(1, int(confidence_ratio * n_samples / n_clusters))
 
 
 def cluster_prototypes(features, probs, n_top):
@@ -65,7 +70,7 @@ def assign_pseudo_labels(features, probs, confidence_ratio):
     """
     n_heads, m, k = probs.shape
     per_cluster = max(1, m // k)
-    n_top = max(1, int(confidence_ratio * m / k))
+    n_top = n_confident(m, k, confidence_ratio)
     prototypes = F.normalize(cluster_prototypes(features, probs, n_top), dim=2)
     similarity = torch.matmul(prototypes, features.T)  # (H, k, M)
     indices = similarity.topk(per_cluster, dim=2).indices  # (H, k, per_cluster)

@@ -77,7 +77,8 @@ def train_heads(
     heads : MultiHeadClassifier
         The trained heads, in eval mode, on ``device``.
     history : ndarray of shape (max_epochs, n_heads)
-        Mean training DS-CE of each head per epoch.
+        Mean training loss of each head per epoch (DS-CE, plus the entropy
+        term when ``entropy_weight > 0``).
     """
     cache = cache.to(device)
     n, dim = cache.original.shape
@@ -88,7 +89,7 @@ def train_heads(
     steps_per_batch = max(1, m // minibatch_size)
     history = np.zeros((max_epochs, n_heads))
     # bfloat16 autocast where the hardware has it (no loss scaling needed).
-    amp = autocast_dtype(device) if autocast_dtype(device) == torch.bfloat16 else None
+    amp = autocast_dtype(device, bf16_only=True)
     bar = tqdm(range(max_epochs), desc="SPICE-Self", unit="epoch", disable=verbose <= 0)
     for epoch in bar:
         perm = torch.randperm(n, generator=gen).to(device)

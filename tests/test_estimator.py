@@ -554,3 +554,24 @@ def test_unusable_device_type_is_rejected(device):
     X, _ = blobs()
     with pytest.raises(ValueError, match="device"):
         fast_precomputed(device=device).fit(X)
+
+
+def test_fit_and_predict_leave_the_global_rng_untouched():
+    est = fast_images()  # building the test's TinyNet draws from the global RNG
+    state = torch.get_rng_state()
+    est.fit(images())
+    est.predict(images(n=5))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_model_set_to_cuda_still_predicts_on_a_cpu_only_machine():
+    est = fast_images().fit(images())
+    expected = est.predict(images(n=6))
+    est.device = "cuda"  # as if fitted on a GPU machine and loaded here
+    np.testing.assert_array_equal(est.predict(images(n=6)), expected)
+
+
+def test_non_square_images():
+    X = np.random.default_rng(0).integers(0, 256, (12, 6, 40, 3), dtype=np.uint8)
+    assert fast_images().fit(X).labels_.shape == (12,)
