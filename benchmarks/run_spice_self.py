@@ -109,7 +109,7 @@ def fit_time_ratio(x, y):
     images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     t = time.perf_counter()
     est_module.embed_images(model.backbone_, images, batch_size=model.embed_batch_size,
-                            device=torch.device("cpu"))
+                            device=est_module._resolve_device(model.device))  # same as fit
     bare = time.perf_counter() - t
     scores = clustering_scores(y, model.labels_)
     return {"total": total, "log": log, "n_views": n_views, "n": len(x), "bare_one_view": bare,
