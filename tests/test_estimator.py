@@ -425,9 +425,8 @@ BAD_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("bad,error,match", BAD_PARAMS, ids=lambda v: repr(v))
-def test_bad_parameter_raises_and_leaves_fitted_state(fitted_precomputed, bad, error, match):
-    fitted, X = fitted_precomputed
+def _failed_fit_leaves_state(fitted, X, bad, error, match):
+    """Refit a copy of ``fitted`` with bad parameters; check it raised and changed nothing."""
     est = copy.deepcopy(fitted)
     snap = snapshot(est)
     good = {key: getattr(est, key) for key in bad}
@@ -436,6 +435,13 @@ def test_bad_parameter_raises_and_leaves_fitted_state(fitted_precomputed, bad, e
         est.fit(X)
     est.set_params(**good)
     assert_unchanged(est, snap)
+    return est
+
+
+@pytest.mark.parametrize("bad,error,match", BAD_PARAMS, ids=lambda v: repr(v))
+def test_bad_parameter_raises_and_leaves_fitted_state(fitted_precomputed, bad, error, match):
+    fitted, X = fitted_precomputed
+    est = _failed_fit_leaves_state(fitted, X, bad, error, match)
     # Still usable afterwards.
     np.testing.assert_array_equal(est.predict(X), fitted.labels_)
 
@@ -450,14 +456,7 @@ def test_bad_parameter_raises_and_leaves_fitted_state(fitted_precomputed, bad, e
 ], ids=lambda v: repr(v))
 def test_bad_parameter_image_path_leaves_fitted_state(fitted_images, bad, error, match):
     fitted, X = fitted_images
-    est = copy.deepcopy(fitted)
-    snap = snapshot(est)
-    good = {key: getattr(est, key) for key in bad}
-    est.set_params(**bad)
-    with pytest.raises(error, match=match):
-        est.fit(X)
-    est.set_params(**good)
-    assert_unchanged(est, snap)
+    _failed_fit_leaves_state(fitted, X, bad, error, match)
 
 
 def test_unknown_backbone_name_suggests_close_names():
