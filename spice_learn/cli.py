@@ -36,8 +36,9 @@ def _demo(args):
     rows.append(("SPICE (stage 1 + SPICE-Self)", clustering_scores(y, labels),
                  time.perf_counter() - start))
     start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as fit's "auto"
     embedding = embed_images(model.backbone_, as_images(X), batch_size=256,
-                             device=torch.device("cpu")).numpy()
+                             device=device).numpy()
     km = KMeans(n_clusters=10, n_init=10, random_state=args.seed).fit_predict(embedding)
     rows.append(("KMeans on the SPICE embedding", clustering_scores(y, km),
                  time.perf_counter() - start))

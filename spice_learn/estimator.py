@@ -404,11 +404,6 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             )
         if isinstance(backbone, str) and backbone not in ("auto", "precomputed"):
             check_model_name(backbone)  # before any image is read
-        if isinstance(backbone, FeatureExtractor) and self.weights is not None:
-            raise ValueError(
-                "weights must be None when backbone is a fitted backbone_ (it has its "
-                f"own weights); got weights={self.weights!r}."
-            )
         if self.pretrain not in ("auto", "simclr", None):
             raise ValueError(f"pretrain must be 'auto', 'simclr' or None; got {self.pretrain!r}.")
         if backbone == "precomputed" and self.pretrain == "simclr":
@@ -430,14 +425,11 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
                 "weights must be None, 'pretrained' or a path to a weight file; got "
                 f"{type(weights).__name__}."
             )
-        if isinstance(backbone, torch.nn.Module) and weights is not None:
+        own_weights = isinstance(backbone, (torch.nn.Module, FeatureExtractor))
+        if weights is not None and (own_weights or backbone == "precomputed"):
             raise ValueError(
-                "weights must be None when backbone is a torch.nn.Module (its own "
-                f"weights are used); got weights={weights!r}."
-            )
-        if backbone == "precomputed" and weights is not None:
-            raise ValueError(
-                f"weights must be None with backbone='precomputed'; got weights={weights!r}."
+                "weights must be None with backbone='precomputed', a torch.nn.Module or a "
+                f"fitted backbone_ (they bring their own weights); got weights={weights!r}."
             )
         return {
             "batch_size": batch_size,
@@ -447,7 +439,6 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             "pretrain": pretrain,
             "n_weak_views": self.n_weak_views,
             "n_strong_views": self.n_strong_views,
-            "flip": self.flip,
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }

@@ -206,3 +206,9 @@ def test_pretrain_simclr_needs_images():
     X = np.random.default_rng(0).normal(size=(20, 4))
     with pytest.raises(ValueError, match="pretrain='simclr' needs images"):
         SpiceClustering(2, backbone="precomputed", pretrain="simclr").fit(X)
+
+
+def test_fitted_backbone_with_weights_is_rejected():
+    first = SpiceClustering(3, backbone="spice_convnet4", pretrain=None, **FAST).fit(_images())
+    with pytest.raises(ValueError, match="weights must be None .*fitted backbone_"):
+        SpiceClustering(3, backbone=first.backbone_, weights="w.pth", **FAST).fit(_images())
