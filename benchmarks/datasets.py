@@ -84,3 +84,11 @@ def cifar10_all(path=None):
                       for i in range(len(o) - 1)])
     x_test, y_test = cifar10_test(path)
     return np.concatenate([train, x_test]), np.concatenate([d["y_train"].astype(np.int64), y_test])
+
+
+def digits(path=None):
+    """scikit-learn's 1,797 bundled digits (8x8, values 0-16 scaled to uint8) and labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.rint(d.images * (255 / 16)).astype(np.uint8), d.target.astype(np.int64)

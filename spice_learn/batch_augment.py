@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "contrastive_augment", "TINY_INPUT_SIZE"]
+__all__ = ["BatchAugment", "contrastive_augment", "weak_augment", "TINY_INPUT_SIZE"]
 
 #: Network inputs up to this many pixels get the digit recipe and no flips.
 TINY_INPUT_SIZE = 20
@@ -174,3 +174,15 @@ def contrastive_augment(size, *, flip=True):
             padding_mode="zeros",
         )
     return BatchAugment(size, crop_scale=(0.2, 1.0), flip=flip)
+
+
+def weak_augment(size, *, flip=True):
+    """FixMatch's weak augmentation for batches: a random shift of up to 12.5 % of
+    the side (and a flip with probability 0.5 when ``flip``; never below 20 px)."""
+    size = tuple(int(s) for s in size)
+    tiny = max(size) <= TINY_INPUT_SIZE
+    return BatchAugment(
+        size, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=flip and not tiny,
+        translate=0.125, brightness=0.0, contrast=0.0, saturation=0.0, jitter_p=0.0,
+        grayscale_p=0.0, padding_mode="zeros" if tiny else "reflection",
+    )

@@ -29,12 +29,14 @@ def _demo(args):
           "8x8 px, 10 classes (labels used only for scoring).")
     print(f"Running {model!r} with its defaults: SimCLR pretraining of a small conv net "
           f"({model.pretrain_epochs} epochs), then SPICE-Self ({model.n_heads} heads, "
-          f"{model.max_epochs} epochs, label-free head selection).", flush=True)
+          f"{model.max_epochs} epochs, label-free head selection), then SPICE-Semi "
+          f"({model.semi!r} mode, {model.semi_steps} steps).", flush=True)
     rows = []
     start = time.perf_counter()
     labels = model.fit_predict(X)
-    rows.append(("SPICE (stage 1 + SPICE-Self)", clustering_scores(y, labels),
-                 time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    rows.append(("SPICE-Self (selected head)", clustering_scores(y, model.self_labels_), None))
+    rows.append(("SPICE (stage 1, Self, Semi)", clustering_scores(y, labels), seconds))
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as fit's "auto"
     embedding = embed_images(model.backbone_, as_images(X), batch_size=256,
@@ -47,10 +49,12 @@ def _demo(args):
     rows.append(("KMeans on pixels", clustering_scores(y, km), time.perf_counter() - start))
     print(f"\n{'method':<32}{'ACC':>7}{'NMI':>7}{'ARI':>7}{'seconds':>9}")
     for name, scores, seconds in rows:
+        time_text = "" if seconds is None else f"{seconds:>9.1f}"
         print(f"{name:<32}{scores['acc']:>7.3f}{scores['nmi']:>7.3f}{scores['ari']:>7.3f}"
-              f"{seconds:>9.1f}")
+              f"{time_text}")
     print(f"\nSPICE-Self picked head {model.best_head_} of {model.n_heads} by its label-free "
-          f"DS-CE loss {model.head_losses_[model.best_head_]:.4f}.")
+          f"DS-CE loss {model.head_losses_[model.best_head_]:.4f}; "
+          f"{model.reliable_mask_.mean():.0%} of the images were reliable for SPICE-Semi.")
     return 0
 
 

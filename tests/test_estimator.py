@@ -104,6 +104,9 @@ def snapshot(est):
         "heads_": {k: v.clone() for k, v in est.heads_.state_dict().items()},
         "backbone_": est.backbone_,
         "classifier_obj": est.classifier_,
+        "self_labels_": est.self_labels_.copy(),
+        "reliability_": copy.deepcopy(est.reliability_),
+        "reliable_mask_": copy.deepcopy(est.reliable_mask_),
     }
     if hasattr(est, "n_features_in_"):
         snap["n_features_in_"] = est.n_features_in_
@@ -124,6 +127,12 @@ def assert_unchanged(est, snap):
         assert state.keys() == snap[name].keys()
         for key, value in snap[name].items():
             assert torch.equal(state[key], value), f"{name}.{key} changed"
+    np.testing.assert_array_equal(est.self_labels_, snap["self_labels_"])
+    for name in ("reliability_", "reliable_mask_"):
+        if snap[name] is None:
+            assert getattr(est, name) is None
+        else:
+            np.testing.assert_array_equal(getattr(est, name), snap[name])
     if "n_features_in_" in snap:
         assert est.n_features_in_ == snap["n_features_in_"]
 
@@ -422,6 +431,20 @@ BAD_PARAMS = [
     ({"backbone": 42}, TypeError, "backbone"),
     ({"weights": "pretrained"}, ValueError, "weights"),  # with backbone="precomputed"
     ({"weights": 3}, TypeError, "weights"),
+    ({"semi": "full"}, ValueError, "semi"),
+    ({"semi": "finetune"}, ValueError, "semi='finetune' needs images"),  # precomputed
+    ({"n_neighbors": 0}, ValueError, "n_neighbors"),
+    ({"n_neighbors": 2.0}, TypeError, "n_neighbors"),
+    ({"reliability_threshold": 1.5}, ValueError, "reliability_threshold"),
+    ({"reliability_threshold": -0.1}, ValueError, "reliability_threshold"),
+    ({"semi_threshold": 2}, ValueError, "semi_threshold"),
+    ({"semi_steps": 0}, ValueError, "semi_steps"),
+    ({"semi_time": 0}, ValueError, "semi_time"),
+    ({"semi_batch_size": 0}, ValueError, "semi_batch_size"),
+    ({"semi_mu": 0}, ValueError, "semi_mu"),
+    ({"semi_learning_rate": 0}, ValueError, "semi_learning_rate"),
+    ({"semi_learning_rate": "fast"}, TypeError, "semi_learning_rate"),
+    ({"ema_decay": 1.0}, ValueError, "ema_decay"),
 ]
 
 
@@ -514,7 +537,8 @@ def test_bad_images_raise_and_leave_fitted_state(fitted_images, X_bad, error, ma
     assert_unchanged(est, snap)
 
 
-@pytest.mark.parametrize("stage", ["train_heads", "head_selection_losses", "_feature_cache"])
+@pytest.mark.parametrize("stage", ["train_heads", "head_selection_losses", "_feature_cache",
+                                   "nearest_neighbors", "train_semi_head"])
 def test_late_failure_leaves_fitted_state(fitted_precomputed, monkeypatch, stage):
     fitted, X = fitted_precomputed
     est = copy.deepcopy(fitted)
@@ -574,3 +598,77 @@ def test_model_set_to_cuda_still_predicts_on_a_cpu_only_machine():
 def test_non_square_images():
     X = np.random.default_rng(0).integers(0, 256, (12, 6, 40, 3), dtype=np.uint8)
     assert fast_images().fit(X).labels_.shape == (12,)
+
+
+# ------------------------------------------------------------------ SPICE-Semi
+def test_semi_none_keeps_spice_self():
+    X, _ = blobs()
+    est = fast_precomputed(semi=None).fit(X)
+    np.testing.assert_array_equal(est.labels_, est.self_labels_)
+    assert est.reliability_ is None and est.reliable_mask_ is None
+    assert est.semi_history_ is None
+    assert est.classifier_.n_heads == 1
+
+
+def test_semi_head_sets_reliability_and_refines():
+    X, y = blobs(n=150)
+    est = fast_precomputed(n_neighbors=10, semi_steps=400, max_epochs=30).fit(X)
+    assert est.reliability_.shape == (150,) and est.reliable_mask_.dtype == bool
+    assert np.all((est.reliability_ >= 0) & (est.reliability_ <= 1))
+    np.testing.assert_array_equal(est.reliable_mask_, est.reliability_ >= 0.95)
+    assert est.reliable_mask_.mean() > 0.5
+    assert est.semi_history_.shape == (400, 3)
+    assert cluster_accuracy(y, est.labels_) > 0.95
+    np.testing.assert_array_equal(est.predict(X), est.labels_)  # the refined classifier
+
+
+def test_semi_uses_only_reliable_labels(monkeypatch):
+    X, _ = blobs(n=150)
+    seen = {}
+    real = estimator_module.train_semi_head
+
+    def spy(cache, labels, reliable, **kwargs):
+        seen["labels"], seen["reliable"] = labels.copy(), reliable.copy()
+        return real(cache, labels, reliable, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "train_semi_head", spy)
+    est = fast_precomputed(n_neighbors=10, semi_steps=5).fit(X)
+    np.testing.assert_array_equal(seen["labels"], est.self_labels_)
+    np.testing.assert_array_equal(seen["reliable"], est.reliable_mask_)
+
+
+def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
+    X, _ = blobs(n=60)  # 3 clusters of 20: at most 19 neighbours can agree
+    seen = {}
+    real = estimator_module.nearest_neighbors
+
+    def spy(features, n_neighbors, **kwargs):
+        seen["k"] = n_neighbors
+        return real(features, n_neighbors, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "nearest_neighbors", spy)
+    fast_precomputed(semi_steps=5).fit(X)  # n_neighbors=100 by default
+    assert seen["k"] == 60 // N_CENTERS - 1
+
+
+def test_no_reliable_sample_warns_and_keeps_spice_self(monkeypatch):
+    X, _ = blobs()
+    monkeypatch.setattr(estimator_module, "reliability_scores",
+                        lambda neighbors, labels: np.full(len(labels), 0.5))
+    est = fast_precomputed(n_neighbors=10)
+    with pytest.warns(UserWarning, match="SPICE-Semi skipped"):
+        est.fit(X)
+    np.testing.assert_array_equal(est.labels_, est.self_labels_)
+    assert not est.reliable_mask_.any() and est.semi_history_ is None
+
+
+def test_semi_finetune_end_to_end_on_tiny_images():
+    X = images(n=40)
+    est = fast_images(semi="finetune", n_neighbors=3, reliability_threshold=0.3, semi_steps=2,
+                      semi_batch_size=4, semi_mu=2).fit(X)
+    ref = fast_images(semi=None).fit(X)
+    assert est.semi_history_.shape == (2, 3)
+    changed = [not torch.equal(a, b) for a, b in zip(
+        est.backbone_.module.state_dict().values(), ref.backbone_.module.state_dict().values())]
+    assert any(changed)  # the backbone was fine-tuned
+    np.testing.assert_array_equal(est.predict(X), est.labels_)

@@ -1,0 +1,105 @@
+"""SPICE-Semi's neighbour step alone: time and peak extra memory at N = 70,000 x 512.
+
+Random clustered float32 features (N x D) are searched for their ``n_s = 100``
+cosine nearest neighbours with :func:`spice_learn.neighbors.nearest_neighbors`
+(blocks of rows against all samples), then the reliability score is computed.
+Each run happens in a fresh subprocess; "peak extra memory" is the process's
+peak resident set during the search minus its resident set just before (the
+features are already loaded then). A dense N x N float32 similarity matrix would
+need ``4 N^2`` bytes (19.6 GB at N = 70,000). Results go to the ``neighbors``
+section of docs/benchmarks.md.
+
+Usage::
+
+    python benchmarks/run_neighbors.py --n 70000 --dim 512 --n-neighbors 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, write_section  # noqa: E402
+
+
+def _rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def worker(n, dim, n_neighbors, block_mib):
+    import numpy as np
+    import torch
+
+    from spice_learn.neighbors import nearest_neighbors, reliability_scores
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(10, dim)).astype(np.float32)
+    labels = rng.integers(0, 10, n)
+    features = torch.from_numpy(centers[labels] + rng.normal(size=(n, dim)).astype(np.float32))
+    before = _rss_mib()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    idx = nearest_neighbors(features, n_neighbors, block_bytes=block_mib << 20)
+    search_s = time.perf_counter() - t
+    t = time.perf_counter()
+    scores = reliability_scores(idx, labels)
+    score_s = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({
+        "n": n, "dim": dim, "n_neighbors": n_neighbors, "block_mib": block_mib,
+        "threads": torch.get_num_threads(), "search_s": search_s, "score_s": score_s,
+        "rss_before_mib": before, "peak_extra_mib": peak - max(before, peak_before),
+        "dense_matrix_gib": 4 * n * n / 2**30, "mean_score": float(scores.mean()),
+    }), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[70_000])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--n-neighbors", type=int, default=100)
+    parser.add_argument("--block-mib", type=int, default=64)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.n[0], args.dim, args.n_neighbors, args.block_mib)
+    rows = []
+    for n in args.n:
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", "--n", str(n), "--dim", str(args.dim),
+             "--n-neighbors", str(args.n_neighbors), "--block-mib", str(args.block_mib)],
+            capture_output=True, text=True)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        if out.returncode != 0 or not line:
+            print(out.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"N={n} failed")
+        rows.append(json.loads(line[-1][len("RESULT "):]))
+        print(rows[-1], flush=True)
+    lines = [
+        "## SPICE-Semi neighbour step alone",
+        "",
+        f"Written by `python benchmarks/run_neighbors.py`; {machine()}. Random clustered "
+        f"float32 features, {args.n_neighbors} cosine neighbours per sample with "
+        "`spice_learn.neighbors.nearest_neighbors` (blocks of rows against all samples, "
+        f"{args.block_mib} MiB per block), then the reliability scores. Each N ran in a "
+        "fresh process; peak extra memory = peak resident set during the step minus the "
+        "resident set before it (features already loaded).",
+        "",
+        "| N | dims | search s | score s | peak extra memory | dense N×N float32 would need |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['n']:,} | {r['dim']} | {r['search_s']:.1f} | {r['score_s']:.2f} | "
+                     f"{r['peak_extra_mib']:.0f} MiB | {r['dense_matrix_gib']:.1f} GiB |")
+    print(f"wrote {write_section('neighbors', chr(10).join(lines))}")
+
+
+if __name__ == "__main__":
+    main()

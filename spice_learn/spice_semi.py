@@ -1,0 +1,265 @@
+"""SPICE-Semi (paper section 3.3, Eq. 6): refine the clustering with reliable
+pseudo-labels and FixMatch-style consistency.
+
+Reliable samples (:mod:`spice_learn.neighbors`) act as labelled data; every
+sample is unlabelled data. Each step draws ``B`` reliable samples and ``mu * B``
+samples from the whole set and minimises
+
+``CE(label, f(weak(x_l))) + mean(1[max q >= tau] * CE(argmax q, f(strong(x_u))))``
+
+with ``q = softmax(f(weak(x_u)))`` (no gradient through ``q``), as FixMatch does.
+
+Two modes:
+
+* :func:`train_semi_head` trains a fresh classifier head on the cached
+  embeddings of the weak and strong views (the backbone stays frozen): seconds
+  on a CPU.
+* :func:`finetune` trains backbone and head end to end on augmented images
+  (the paper's setting), with an exponential moving average (EMA) of the
+  weights, bfloat16 autocast and channels_last where supported, and a step or
+  wall-clock budget. Meant for a GPU; it runs on a CPU for small images.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from .batch_augment import contrastive_augment, weak_augment
+from .embedding import autocast_dtype
+from .heads import MultiHeadClassifier
+
+__all__ = ["fixmatch_loss", "train_semi_head", "finetune"]
+
+
+def fixmatch_loss(logits_weak, logits_strong, threshold):
+    """Unlabelled term of Eq. 6.
+
+    Parameters
+    ----------
+    logits_weak, logits_strong : torch.Tensor of shape (B, k)
+        Predictions on a weak and a strong view of the same samples.
+    threshold : float
+        ``tau``: a sample counts only when its weak-view confidence is at least this.
+
+    Returns
+    -------
+    loss : torch.Tensor (scalar)
+        ``mean_i(mask_i * CE(argmax q_i, logits_strong_i))`` over all ``B``
+        samples (masked samples count as zeros, as in FixMatch).
+    mask : torch.Tensor of shape (B,), bool
+        Which samples passed the threshold.
+    """
+    with torch.no_grad():
+        confidence, target = logits_weak.float().softmax(dim=1).max(dim=1)
+        mask = confidence >= threshold
+    ce = F.cross_entropy(logits_strong.float(), target, reduction="none")
+    return (ce * mask).mean(), mask
+
+
+def _cosine_lr(base, step, n_steps, start, max_time):
+    progress = step / n_steps
+    if max_time:
+        progress = max(progress, (time.perf_counter() - start) / max_time)
+    # FixMatch's schedule: cos(7 pi t / 16) never reaches 0.
+    return base * math.cos(7 * math.pi * min(progress, 1.0) / 16)
+
+
+def _draw(reliable_idx, n, batch_size, mu, gen):
+    labelled = reliable_idx[torch.randint(len(reliable_idx), (batch_size,), generator=gen)]
+    unlabelled = torch.randint(n, (mu * batch_size,), generator=gen)
+    return labelled, unlabelled
+
+
+def _check_reliable(reliable):
+    reliable_idx = torch.from_numpy(np.flatnonzero(np.asarray(reliable)))
+    if len(reliable_idx) == 0:
+        raise ValueError("SPICE-Semi needs at least one reliable sample; got none.")
+    return reliable_idx
+
+
+def train_semi_head(
+    cache, labels, reliable, *, n_clusters, hidden_dim, n_steps, batch_size, mu, threshold,
+    learning_rate, seed, device, max_time=None, verbose=0,
+):
+    """SPICE-Semi "head" mode: a fresh classifier on cached view embeddings.
+
+    Parameters
+    ----------
+    cache : ViewCache
+        Embeddings of the original images and their weak and strong views.
+    labels : array-like of shape (N,)
+        SPICE-Self cluster of every sample (the targets of reliable samples).
+    reliable : array-like of shape (N,), bool
+        Reliable-sample mask (at least one True).
+    n_clusters, hidden_dim : int
+    n_steps : int
+        Gradient steps (the cosine schedule spans them).
+    batch_size : int
+        ``B``, reliable samples per step.
+    mu : int
+        Unlabelled samples per reliable one.
+    threshold : float
+        ``tau`` of :func:`fixmatch_loss`.
+    learning_rate : float
+        Adam learning rate.
+    seed : int
+    device : torch.device
+    max_time : float or None
+        Wall-clock budget in seconds.
+    verbose : int
+
+    Returns
+    -------
+    classifier : MultiHeadClassifier
+        One head, in eval mode, on ``device``.
+    history : ndarray of shape (n_steps_done, 3)
+        Per step: supervised loss, unlabelled loss, share of unlabelled samples
+        above the threshold.
+    """
+    reliable_idx = _check_reliable(reliable)
+    cache = cache.to(device)
+    n, dim = cache.original.shape
+    gen = torch.Generator().manual_seed(seed)
+    head = MultiHeadClassifier(1, dim, hidden_dim, n_clusters, generator=gen).to(device).train()
+    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, fused=True)
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    n_weak, n_strong = cache.weak.shape[0], cache.strong.shape[0]
+    history, start = [], time.perf_counter()
+    bar = tqdm(range(n_steps), desc="SPICE-Semi (head)", unit="step", disable=verbose <= 0)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
+        li, ui = _draw(reliable_idx, n, batch_size, mu, gen)
+        x = torch.cat([
+            cache.weak[torch.randint(n_weak, li.shape, generator=gen), li],
+            cache.weak[torch.randint(n_weak, ui.shape, generator=gen), ui],
+            cache.strong[torch.randint(n_strong, ui.shape, generator=gen), ui],
+        ]).to(device).float()
+        logits = head(x)[0]
+        sup = F.cross_entropy(logits[:batch_size], targets[li.to(device)])
+        weak_u, strong_u = logits[batch_size:].chunk(2)
+        unsup, mask = fixmatch_loss(weak_u, strong_u, threshold)
+        optimizer.zero_grad(set_to_none=True)
+        (sup + unsup).backward()
+        optimizer.step()
+        history.append(torch.stack([sup.detach(), unsup.detach(), mask.float().mean()]))
+        if max_time is not None and time.perf_counter() - start > max_time:
+            break
+    bar.close()
+    return head.eval(), torch.stack(history).cpu().numpy()
+
+
+class _Classifier(nn.Module):
+    """Backbone, L2 normalisation and a one-head :class:`MultiHeadClassifier`."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x):
+        return self.head(F.normalize(self.backbone(x).flatten(1).float(), dim=1))[0]
+
+
+def finetune(
+    extractor, classifier, images, labels, reliable, *, n_steps, batch_size, mu, threshold,
+    learning_rate, ema_decay, flip, seed, device, max_time=None, verbose=0,
+):
+    """SPICE-Semi "finetune" mode: backbone and head trained end to end on images.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        Its module is trained in place (it must be the caller's own copy) and
+        ends up holding the EMA weights.
+    classifier : MultiHeadClassifier
+        One head on L2-normalised features (e.g. the selected SPICE-Self head);
+        trained in place, ends up holding the EMA weights.
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    labels, reliable : array-like of shape (N,)
+        SPICE-Self clusters and the reliable mask.
+    n_steps : int
+        Gradient steps (the schedule spans them).
+    batch_size, mu, threshold : int, int, float
+        ``B``, unlabelled ratio and ``tau``.
+    learning_rate : float
+        SGD (Nesterov momentum 0.9, weight decay 5e-4) learning rate, FixMatch's
+        cosine decay.
+    ema_decay : float
+        Decay of the exponential moving average of the weights (0 = no averaging).
+    flip : bool
+        Horizontal flips in the augmentations.
+    seed : int
+    device : torch.device
+    max_time : float or None
+        Wall-clock budget in seconds.
+    verbose : int
+
+    Returns
+    -------
+    history : ndarray of shape (n_steps_done, 3)
+        As in :func:`train_semi_head`.
+    """
+    reliable_idx = _check_reliable(reliable)
+    model = _Classifier(extractor.module, classifier).to(device)
+    model = model.to(memory_format=torch.channels_last).train().requires_grad_(True)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim <= 1 or "norm" in name or "bn" in name else decay).append(param)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate, momentum=0.9, nesterov=True,
+    )
+    size = list(extractor.input_size)
+    weak, strong = weak_augment(size, flip=flip), contrastive_augment(size, flip=flip)
+    mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
+    amp = autocast_dtype(device, bf16_only=True)
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    n = images.shape[0]
+
+    def load(idx):
+        x = images[idx]
+        if list(x.shape[-2:]) != size:
+            x = TF.resize(x, size, antialias=True)
+        return x.to(device, non_blocking=True).float().div_(255)
+
+    history, start = [], time.perf_counter()
+    bar = tqdm(range(n_steps), desc="SPICE-Semi (finetune)", unit="step", disable=verbose <= 0)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
+        li, ui = _draw(reliable_idx, n, batch_size, mu, gen)
+        xl, xu = load(li), load(ui)
+        x = torch.cat([weak(xl, gen), weak(xu, gen), strong(xu, gen)])
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x).float()
+        sup = F.cross_entropy(logits[:batch_size], targets[li].to(device))
+        weak_u, strong_u = logits[batch_size:].chunk(2)
+        unsup, mask = fixmatch_loss(weak_u, strong_u, threshold)
+        optimizer.zero_grad(set_to_none=True)
+        (sup + unsup).backward()
+        optimizer.step()
+        ema.update_parameters(model)
+        history.append(torch.stack([sup.detach(), unsup.detach(), mask.float().mean()]))
+        if verbose > 0 and step % 20 == 0:
+            bar.set_postfix(sup=f"{float(sup):.3f}", mask=f"{float(mask.float().mean()):.2f}")
+        if max_time is not None and time.perf_counter() - start > max_time:
+            break
+    bar.close()
+    if ema_decay > 0:
+        model.load_state_dict(copy.deepcopy(ema.module.state_dict()))
+    model.eval().requires_grad_(False)
+    return torch.stack(history).cpu().numpy()

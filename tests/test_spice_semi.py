@@ -1,0 +1,133 @@
+"""Tests of spice_learn.spice_semi (FixMatch loss, "head" and "finetune" modes)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spice_learn.backbones import build_backbone
+from spice_learn.heads import MultiHeadClassifier
+from spice_learn.metrics import cluster_accuracy
+from spice_learn.spice_self import head_probabilities
+from spice_learn.spice_semi import finetune, fixmatch_loss, train_semi_head
+
+from test_spice_self import make_cache
+
+CPU = torch.device("cpu")
+
+
+def test_fixmatch_loss_masks_low_confidence_samples():
+    weak = torch.tensor([[10.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    strong = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    loss, mask = fixmatch_loss(weak, strong, threshold=0.95)
+    np.testing.assert_array_equal(mask.numpy(), [True, False, True])
+    ce = F.cross_entropy(strong, torch.tensor([0, 0, 2]), reduction="none")
+    expected = (ce[0] + ce[2]) / 3  # masked samples count as zeros in the mean
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.all(strong.grad[1] == 0)  # the low-confidence row gets no gradient
+    assert torch.all(strong.grad[0] != 0) and torch.all(strong.grad[2] != 0)
+
+
+def test_fixmatch_loss_gives_no_gradient_to_the_weak_view():
+    weak = torch.tensor([[10.0, 0.0], [0.0, 10.0]], requires_grad=True)
+    strong = torch.zeros(2, 2, requires_grad=True)
+    loss, _ = fixmatch_loss(weak, strong, threshold=0.5)
+    loss.backward()
+    assert weak.grad is None
+    torch.testing.assert_close(loss, torch.tensor(np.log(2.0), dtype=torch.float32))
+
+
+def test_fixmatch_loss_is_zero_when_nothing_is_confident():
+    weak = torch.zeros(4, 5)  # uniform: confidence 0.2
+    loss, mask = fixmatch_loss(weak, torch.randn(4, 5), threshold=0.95)
+    assert not mask.any() and loss.item() == 0.0
+
+
+def _semi_head(cache, labels, reliable, **kwargs):
+    params = dict(n_clusters=4, hidden_dim=16, n_steps=150, batch_size=16, mu=3,
+                  threshold=0.9, learning_rate=1e-2, seed=0, device=CPU)
+    params.update(kwargs)
+    return train_semi_head(cache, labels, reliable, **params)
+
+
+def test_semi_head_learns_from_reliable_samples_only():
+    cache, y = make_cache(seed=1)
+    labels = y.copy()
+    rng = np.random.default_rng(0)
+    noisy = rng.random(len(y)) < 0.3
+    labels[noisy] = rng.integers(0, 4, noisy.sum())  # 30 % corrupted SPICE-Self labels
+    reliable = ~noisy  # the reliable mask leaves the corrupted ones out
+    head, history = _semi_head(cache, labels, reliable)
+    pred = head_probabilities(head, cache.original)[0].argmax(1).numpy()
+    assert cluster_accuracy(y, pred) > 0.97
+    assert history.shape == (150, 3)
+    assert history[-20:, 2].mean() > 0.5  # most unlabelled samples pass the threshold
+
+
+def test_semi_head_is_deterministic_and_fresh():
+    cache, y = make_cache(seed=2)
+    reliable = np.ones(len(y), bool)
+    a, ha = _semi_head(cache, y, reliable, n_steps=20)
+    b, hb = _semi_head(cache, y, reliable, n_steps=20)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    np.testing.assert_array_equal(ha, hb)
+    assert a.n_heads == 1
+
+
+def test_semi_head_time_budget_stops_early():
+    cache, y = make_cache(seed=3)
+    _, history = _semi_head(cache, y, np.ones(len(y), bool), n_steps=10_000, max_time=0.2)
+    assert 1 <= len(history) < 10_000
+
+
+def test_semi_needs_a_reliable_sample():
+    cache, y = make_cache()
+    with pytest.raises(ValueError, match="reliable"):
+        _semi_head(cache, y, np.zeros(len(y), bool))
+
+
+def _tiny_images(n=24, size=12, seed=0):
+    """Two kinds of images: bright left half or bright right half, with noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 60, (n, 3, size, size))
+    labels = np.arange(n) % 2
+    for i, c in enumerate(labels):
+        x[i, :, :, (0 if c == 0 else size // 2):(size // 2 if c == 0 else size)] += 180
+    return torch.from_numpy(x.clip(0, 255).astype(np.uint8)), labels
+
+
+def test_finetune_runs_a_few_steps_on_tiny_images():
+    images, labels = _tiny_images()
+    extractor = build_backbone(torch.nn.Conv2d(3, 8, 3, padding=1), None, (12, 12), seed=0)
+    head = MultiHeadClassifier(1, extractor.feature_dim, 8, 2,
+                               generator=torch.Generator().manual_seed(0))
+    before = copy.deepcopy((extractor.module.state_dict(), head.state_dict()))
+    history = finetune(
+        extractor, head, images, labels, np.ones(len(labels), bool), n_steps=4, batch_size=4,
+        mu=2, threshold=0.5, learning_rate=0.03, ema_decay=0.5, flip=True, seed=0, device=CPU,
+    )
+    assert history.shape == (4, 3) and np.isfinite(history).all()
+    changed = [not torch.equal(v, before[0][k]) for k, v in extractor.module.state_dict().items()]
+    assert any(changed)  # the backbone was trained (end to end)
+    assert any(not torch.equal(v, before[1][k]) for k, v in head.state_dict().items())
+    assert not extractor.module.training and not head.training
+    assert not any(p.requires_grad for p in extractor.module.parameters())
+
+
+def test_finetune_is_deterministic_on_cpu():
+    images, labels = _tiny_images(seed=1)
+    results, conv = [], torch.nn.Conv2d(3, 8, 3, padding=1)
+    for _ in range(2):
+        extractor = build_backbone(conv, None, (12, 12), seed=0)  # a fresh copy each time
+        head = MultiHeadClassifier(1, extractor.feature_dim, 8, 2,
+                                   generator=torch.Generator().manual_seed(0))
+        finetune(extractor, head, images, labels, np.ones(len(labels), bool), n_steps=3,
+                 batch_size=4, mu=2, threshold=0.5, learning_rate=0.03, ema_decay=0.9,
+                 flip=False, seed=5, device=CPU)
+        results.append(list(extractor.module.state_dict().values()) + list(head.state_dict().values()))
+    for p, q in zip(*results):
+        assert torch.equal(p, q)
