@@ -45,12 +45,11 @@ def worker(name, pretrain_minutes, seed):
     import torch
     from sklearn.cluster import KMeans
 
+    import spice_learn.estimator as estimator
     from spice_learn import SpiceClustering
     from spice_learn.embedding import embed_images
     from spice_learn.image_input import as_images
     from spice_learn.metrics import clustering_scores
-
-    import spice_learn.estimator as estimator
 
     semi_seconds = [0.0]
 

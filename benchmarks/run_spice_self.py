@@ -32,12 +32,14 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import spice_learn.estimator as est_module  # noqa: E402
 from cifar_resnet import load_cifar_resnet  # noqa: E402
 from datasets import checked_path, cifar10_test  # noqa: E402
 from report import machine, write_section  # noqa: E402
+
+import spice_learn.estimator as est_module  # noqa: E402
 from spice_learn import SpiceClustering  # noqa: E402
 from spice_learn.metrics import clustering_scores  # noqa: E402
+from spice_learn.validation import resolve_device  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -57,7 +59,8 @@ def compare(features, y, seeds):
     rows = {"SPICE-Self": [], "KMeans": []}
     for seed in seeds:
         t = time.perf_counter()
-        labels = SpiceClustering(10, backbone="precomputed", random_state=seed).fit_predict(features)
+        labels = SpiceClustering(10, backbone="precomputed", semi=None, n_weak_views=2,
+                                 n_strong_views=4, random_state=seed).fit_predict(features)
         rows["SPICE-Self"].append((clustering_scores(y, labels), time.perf_counter() - t))
         t = time.perf_counter()
         labels = KMeans(10, n_init=10, random_state=seed).fit_predict(features)
@@ -97,7 +100,8 @@ def fit_time_ratio(x, y):
     for n, fn in originals.items():
         setattr(est_module, n, timed(n, fn, log))
     try:
-        model = SpiceClustering(10, backbone="resnet18", pretrain=None, random_state=0)
+        model = SpiceClustering(10, backbone="resnet18", pretrain=None, semi=None,
+                                n_weak_views=2, n_strong_views=4, random_state=0)
         t = time.perf_counter()
         model.fit(x)
         total = time.perf_counter() - t
@@ -109,7 +113,7 @@ def fit_time_ratio(x, y):
     images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     t = time.perf_counter()
     est_module.embed_images(model.backbone_, images, batch_size=model.embed_batch_size,
-                            device=est_module._resolve_device(model.device))  # same as fit
+                            device=resolve_device(model.device))  # same as fit
     bare = time.perf_counter() - t
     scores = clustering_scores(y, model.labels_)
     return {"total": total, "log": log, "n_views": n_views, "n": len(x), "bare_one_view": bare,

@@ -3,26 +3,28 @@ orchestration and fitted attributes. The torch work lives in the other modules."
 
 from __future__ import annotations
 
-import copy
-import numbers
 import os
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, check_scalar
+from sklearn.utils.validation import check_is_fitted
 
 from .augment import feature_views, strong_transform, weak_transform
-from .batch_augment import TINY_INPUT_SIZE
-from .backbones import FeatureExtractor, build_backbone, check_model_name
+from .backbones import FeatureExtractor, check_model_name
 from .embedding import ViewCache, cache_nbytes, embed_images, embed_views
 from .image_input import as_features, as_images
 from .neighbors import nearest_neighbors, reliability_scores
-from .pretrain import pretrain_simclr
 from .pseudo_labels import cluster_prototypes, n_confident
+from .representation import learn_representation, resolve_flip, wants_pretraining
 from .spice_self import (
     default_batch_size,
     default_minibatch_size,
@@ -31,11 +33,10 @@ from .spice_self import (
     train_heads,
 )
 from .spice_semi import finetune, train_semi_head
+from .validation import auto_int, check_int, check_real, resolve_device, usable_device
 
 __all__ = ["SpiceClustering"]
 
-#: ``backbone="auto"``: the small conv net for images up to this size, else a ResNet-18.
-SMALL_BACKBONE, SMALL_BACKBONE_MAX_SIZE, DEFAULT_BACKBONE = "spice_convnet4", 28, "resnet18"
 #: ``cache_dtype="auto"`` stores float16 once the float32 cache would exceed this.
 AUTO_FLOAT16_BYTES = 1 << 30
 #: ``n_weak_views``/``n_strong_views="auto"`` caches 4/16 views up to this many samples, else 2/4.
@@ -44,7 +45,8 @@ SMALL_DATA_SIZE = 10_000
 SEMI_LEARNING_RATES = {"head": 1e-3, "finetune": 0.03}
 
 
-class SpiceClustering(ClusterMixin, BaseEstimator):
+class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
+                      BaseEstimator):
     """Image clustering with SPICE (Niu & Wang, "SPICE: Semantic Pseudo-labeling
     for Image Clustering").
 
@@ -61,7 +63,8 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
     Parameters
     ----------
     n_clusters : int, default=10
-        Number of clusters ``k`` (at least 2, at most the number of samples).
+        Number of clusters ``k`` (at most the number of samples; 1 is accepted and
+        puts every sample in cluster 0).
     backbone : str, torch.nn.Module or FeatureExtractor, default="auto"
         A timm model name; ``"auto"`` (``"spice_convnet4"`` for images of at most
         28 px, else ``"resnet18"``); a module mapping normalised ``(B, 3, H, W)``
@@ -320,16 +323,14 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             images = as_images(X)
             self._check_n_samples(images.shape[0])
             _resolve_views(params, images.shape[0])
-            extractor = self._build_extractor(tuple(images.shape[-2:]), seeds[0])
-            flip = _resolve_flip(self.flip, extractor)
-            if params["pretrain"]:
-                pretrain_history = pretrain_simclr(
-                    extractor, images, max_epochs=self.pretrain_epochs,
-                    max_time=self.pretrain_time, batch_size=self.pretrain_batch_size,
-                    learning_rate=self.pretrain_learning_rate, temperature=self.temperature,
-                    projection_dim=self.projection_dim, flip=flip, seed=seeds[3],
-                    device=device, verbose=self.verbose,
-                )
+            extractor, pretrain_history, flip = learn_representation(
+                self.backbone, self.weights, images, pretrain=params["pretrain"],
+                small_stem=self.small_stem, flip=self.flip, build_seed=seeds[0],
+                pretrain_seed=seeds[3], device=device, verbose=self.verbose,
+                max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
+                batch_size=self.pretrain_batch_size, learning_rate=self.pretrain_learning_rate,
+                temperature=self.temperature, projection_dim=self.projection_dim,
+            )
             cache = _image_cache(extractor, images, params, flip, seeds[1], self.verbose)
 
         k = self.n_clusters
@@ -395,6 +396,77 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             del self.n_features_in_
         return self
 
+    # -------------------------------------------------------- score/transform
+    def transform(self, X):
+        """Embeddings of ``X`` in the space of ``cluster_centers_``.
+
+        Parameters
+        ----------
+        X : images or features
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_samples, D)
+            L2-normalised backbone embeddings (normalised features when
+            precomputed); ``embeddings @ cluster_centers_.T`` are cosine-like
+            similarities to the prototypes.
+        """
+        check_is_fitted(self, "classifier_")
+        return self._embed(X).numpy()
+
+    @property
+    def _n_features_out(self):
+        """Number of output features of ``transform`` (for ``get_feature_names_out``)."""
+        return self.cluster_centers_.shape[1]
+
+    def score(self, X, y=None):
+        """Label-free quality of the clustering of ``X``: higher is better.
+
+        The selected classifier's double-softmax cross-entropy on ``X``
+        (SPICE-Self's head-selection criterion with ``M = N``: predictions on a
+        weak view, prototype pseudo-labels, DS-CE on a strong view), rescaled to
+        ``1 - (L - L_min) / (log k - L_min)``: 1 when every pseudo-labelled
+        sample gets a one-hot prediction of its label (``L_min = log(e + k - 1) - 1``),
+        0 for uniform predictions. The rescaling makes models with different
+        ``n_clusters`` comparable. ``y`` is ignored: ``GridSearchCV`` can tune
+        without labels.
+
+        Parameters
+        ----------
+        X : images or features
+        y : ignored
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self, "classifier_")
+        seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        params = {"n_weak_views": 1, "n_strong_views": 1, "cache_dtype": "float32",
+                  "embed_batch_size": self.embed_batch_size,
+                  "device": usable_device(self.device)}
+        if self.backbone_ is None:
+            features = torch.from_numpy(self._check_features(X))
+            cache = _feature_cache(features, params, seed)
+        else:
+            flip = resolve_flip(self.flip, self.backbone_)
+            try:
+                cache = _image_cache(self.backbone_, as_images(X), params, flip, seed, 0)
+            finally:
+                self.backbone_.module.cpu()
+        loss = float(head_selection_losses(self.classifier_, cache,
+                                           confidence_ratio=self.confidence_ratio)[0])
+        k = self.n_clusters
+        if k == 1:  # one cluster: every prediction is trivially one-hot
+            return 1.0
+        best = np.log(np.e + k - 1) - 1
+        return 1.0 - (loss - best) / (np.log(k) - best)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # embeddings are float32
+        return tags
+
     def _refine(self, params, cache, classifier, extractor, images, labels, reliable, flip,
                 seed):
         """SPICE-Semi: returns the refined one-head classifier and its history."""
@@ -442,31 +514,11 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         """
         return self.predict_proba(X).argmax(axis=1)
 
-    def _build_extractor(self, image_size, seed):
-        """A fresh feature extractor (never the caller's object) for ``image_size``."""
-        if isinstance(self.backbone, FeatureExtractor):
-            return copy.deepcopy(self.backbone)
-        backbone = self.backbone
-        if backbone == "auto":
-            small = max(image_size) <= SMALL_BACKBONE_MAX_SIZE
-            backbone = SMALL_BACKBONE if small else DEFAULT_BACKBONE
-        return build_backbone(backbone, self.weights, image_size, small_stem=self.small_stem,
-                              seed=seed)
-
     def _embed(self, X):
         if self.backbone_ is None:
-            features = as_features(X)
-            if features.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {features.shape[1]} features, but SpiceClustering was fitted "
-                    f"with {self.n_features_in_} features."
-                )
-            return F.normalize(torch.from_numpy(features), dim=1)
+            return F.normalize(torch.from_numpy(self._check_features(X)), dim=1)
         images = as_images(X)
-        try:
-            device = _resolve_device(self.device)
-        except ValueError:  # fitted with device="cuda", now on a machine without CUDA
-            device = torch.device("cpu")
+        device = usable_device(self.device)
         try:
             return embed_images(
                 self.backbone_, images, batch_size=self.embed_batch_size, device=device,
@@ -475,10 +527,21 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         finally:
             self.backbone_.module.cpu()
 
+    def _check_features(self, X):
+        features = as_features(X)
+        if features.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {features.shape[1]} features, but SpiceClustering is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return features
+
     # ----------------------------------------------------------- validation
     def _check_n_samples(self, n_samples):
         if n_samples < 2:
-            raise ValueError(f"X must hold at least 2 samples to cluster; got {n_samples}.")
+            raise ValueError(
+                f"X must hold at least 2 samples to cluster; got n_samples={n_samples}."
+            )
         if self.n_clusters > n_samples:
             raise ValueError(
                 f"n_clusters={self.n_clusters} must be <= n_samples={n_samples}."
@@ -486,23 +549,23 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
 
     def _check_params(self):
         """Validate every parameter; return the resolved "auto" values."""
-        _check_int(self.n_clusters, "n_clusters", 2)
-        _check_int(self.n_heads, "n_heads", 1)
+        check_int(self.n_clusters, "n_clusters", 1)
+        check_int(self.n_heads, "n_heads", 1)
         if self.hidden_dim is not None:
-            _check_int(self.hidden_dim, "hidden_dim", 1)
-        _check_int(self.max_epochs, "max_epochs", 1)
-        _check_int(self.embed_batch_size, "embed_batch_size", 1)
-        _check_int(self.verbose, "verbose", 0)
-        _check_real(self.learning_rate, "learning_rate", 0.0, None, "neither")
-        _check_real(self.confidence_ratio, "confidence_ratio", 0.0, 1.0, "right")
+            check_int(self.hidden_dim, "hidden_dim", 1)
+        check_int(self.max_epochs, "max_epochs", 1)
+        check_int(self.embed_batch_size, "embed_batch_size", 1)
+        check_int(self.verbose, "verbose", 0)
+        check_real(self.learning_rate, "learning_rate", 0.0, None, "neither")
+        check_real(self.confidence_ratio, "confidence_ratio", 0.0, 1.0, "right")
         k = self.n_clusters
-        batch_size = _auto_int(self.batch_size, "batch_size", default_batch_size(k), k)
-        minibatch = _auto_int(self.minibatch_size, "minibatch_size",
+        batch_size = auto_int(self.batch_size, "batch_size", default_batch_size(k), k)
+        minibatch = auto_int(self.minibatch_size, "minibatch_size",
                               default_minibatch_size(k), 2)
         if isinstance(self.entropy_weight, str) and self.entropy_weight == "auto":
             entropy_weight = 0.0 if k < 50 else 1.0
         else:
-            entropy_weight = _check_real(self.entropy_weight, "entropy_weight", 0.0, None, "left")
+            entropy_weight = check_real(self.entropy_weight, "entropy_weight", 0.0, None, "left")
         if not (self.small_stem is True or self.small_stem is False or self.small_stem == "auto"):
             raise ValueError(
                 f"small_stem must be 'auto', True or False; got {self.small_stem!r}."
@@ -525,17 +588,14 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
             raise ValueError(f"pretrain must be 'auto', 'simclr' or None; got {self.pretrain!r}.")
         if backbone == "precomputed" and self.pretrain == "simclr":
             raise ValueError("pretrain='simclr' needs images; backbone='precomputed' has none.")
-        _check_int(self.pretrain_epochs, "pretrain_epochs", 1)
+        check_int(self.pretrain_epochs, "pretrain_epochs", 1)
         if self.pretrain_time is not None:
-            _check_real(self.pretrain_time, "pretrain_time", 0.0, None, "neither")
-        _check_int(self.pretrain_batch_size, "pretrain_batch_size", 2)
-        _check_real(self.pretrain_learning_rate, "pretrain_learning_rate", 0.0, None, "neither")
-        _check_real(self.temperature, "temperature", 0.0, None, "neither")
-        _check_int(self.projection_dim, "projection_dim", 1)
-        pretrain = self.pretrain == "simclr" or (
-            self.pretrain == "auto" and isinstance(backbone, str)
-            and backbone != "precomputed" and self.weights is None
-        )
+            check_real(self.pretrain_time, "pretrain_time", 0.0, None, "neither")
+        check_int(self.pretrain_batch_size, "pretrain_batch_size", 2)
+        check_real(self.pretrain_learning_rate, "pretrain_learning_rate", 0.0, None, "neither")
+        check_real(self.temperature, "temperature", 0.0, None, "neither")
+        check_int(self.projection_dim, "projection_dim", 1)
+        pretrain = wants_pretraining(self.pretrain, backbone, self.weights)
         weights = self.weights
         if not (weights is None or isinstance(weights, (str, os.PathLike))):
             raise TypeError(
@@ -553,76 +613,34 @@ class SpiceClustering(ClusterMixin, BaseEstimator):
         if backbone == "precomputed" and self.semi == "finetune":
             raise ValueError("semi='finetune' needs images; backbone='precomputed' has none "
                              "(use semi='head').")
-        _check_int(self.n_neighbors, "n_neighbors", 1)
-        _check_real(self.reliability_threshold, "reliability_threshold", 0.0, 1.0, "both")
-        _check_real(self.semi_threshold, "semi_threshold", 0.0, 1.0, "both")
-        _check_int(self.semi_steps, "semi_steps", 1)
+        check_int(self.n_neighbors, "n_neighbors", 1)
+        check_real(self.reliability_threshold, "reliability_threshold", 0.0, 1.0, "both")
+        check_real(self.semi_threshold, "semi_threshold", 0.0, 1.0, "both")
+        check_int(self.semi_steps, "semi_steps", 1)
         if self.semi_time is not None:
-            _check_real(self.semi_time, "semi_time", 0.0, None, "neither")
-        _check_int(self.semi_batch_size, "semi_batch_size", 1)
-        _check_int(self.semi_mu, "semi_mu", 1)
+            check_real(self.semi_time, "semi_time", 0.0, None, "neither")
+        check_int(self.semi_batch_size, "semi_batch_size", 1)
+        check_int(self.semi_mu, "semi_mu", 1)
         if isinstance(self.semi_learning_rate, str) and self.semi_learning_rate == "auto":
             semi_lr = SEMI_LEARNING_RATES.get(self.semi)
         else:
-            semi_lr = _check_real(self.semi_learning_rate, "semi_learning_rate", 0.0, None,
+            semi_lr = check_real(self.semi_learning_rate, "semi_learning_rate", 0.0, None,
                                   "neither")
-        _check_real(self.ema_decay, "ema_decay", 0.0, 1.0, "left")
+        check_real(self.ema_decay, "ema_decay", 0.0, 1.0, "left")
         return {
             # None: "auto", resolved by _resolve_views once the number of samples is known
-            "n_weak_views": _auto_int(self.n_weak_views, "n_weak_views", None, 1),
-            "n_strong_views": _auto_int(self.n_strong_views, "n_strong_views", None, 1),
+            "n_weak_views": auto_int(self.n_weak_views, "n_weak_views", None, 1),
+            "n_strong_views": auto_int(self.n_strong_views, "n_strong_views", None, 1),
             "semi": self.semi,
             "semi_learning_rate": semi_lr,
             "batch_size": batch_size,
             "minibatch_size": minibatch,
             "entropy_weight": entropy_weight,
-            "device": _resolve_device(self.device),
+            "device": resolve_device(self.device),
             "pretrain": pretrain,
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }
-
-
-def _check_int(value, name, min_val):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__}).")
-    if value < min_val:
-        raise ValueError(f"{name} must be >= {min_val}; got {value}.")
-    return int(value)
-
-
-def _check_real(value, name, min_val, max_val, include_boundaries):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r} ({type(value).__name__}).")
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value!r}.")
-    check_scalar(value, name, numbers.Real, min_val=min_val, max_val=max_val,
-                 include_boundaries=include_boundaries)
-    return float(value)
-
-
-def _auto_int(value, name, default, min_val):
-    if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"{name} must be an int or 'auto'; got {value!r}.")
-        return default
-    return _check_int(value, name, min_val)
-
-
-def _resolve_device(device):
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}."
-        ) from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be a CPU or CUDA device; got {device!r}.")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for, but CUDA is not available.")
-    return resolved
 
 
 def _resolve_views(params, n_samples):
@@ -631,13 +649,6 @@ def _resolve_views(params, n_samples):
     for key, (few, many) in (("n_weak_views", (2, 4)), ("n_strong_views", (4, 16))):
         if params[key] is None:
             params[key] = many if small else few
-
-
-def _resolve_flip(flip, extractor):
-    """``flip="auto"``: flip only network inputs larger than ``TINY_INPUT_SIZE``."""
-    if isinstance(flip, str):
-        return max(extractor.input_size) > TINY_INPUT_SIZE
-    return bool(flip)
 
 
 def _cache_dtype(choice, n_samples, n_views, dim):

@@ -118,6 +118,9 @@ def as_features(X):
     """
     if isinstance(X, torch.Tensor):
         X = _tensor_to_numpy(X)
+    kind = getattr(np.asarray(X) if isinstance(X, (list, tuple)) else X, "dtype", None)
+    if kind is not None and np.dtype(kind).kind in "USO" and np.dtype(kind) != object:
+        raise TypeError(f"X must hold numbers; got an array of dtype {np.dtype(kind)}.")
     return check_array(X, dtype=np.float32, ensure_min_samples=1, copy=True, input_name="X")
 
 

@@ -7,7 +7,11 @@ training, head selection or early stopping.
 from __future__ import annotations
 
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, make_scorer, normalized_mutual_info_score
+from sklearn.metrics import (
+    adjusted_rand_score,
+    make_scorer,
+    normalized_mutual_info_score,
+)
 from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils.validation import column_or_1d
 

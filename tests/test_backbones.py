@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from spice_learn.backbones import (
-    FeatureExtractor,
     MIN_INPUT_SIZE,
+    FeatureExtractor,
     build_backbone,
     load_state_dict_file,
 )

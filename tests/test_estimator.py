@@ -64,7 +64,7 @@ def images(n=N_IMAGES, size=8, seed=0):
 
 
 def fast_precomputed(**kwargs):
-    params = dict(backbone="precomputed", n_heads=3, max_epochs=5, random_state=0)
+    params = dict(backbone="precomputed", n_heads=3, max_epochs=5, semi_steps=20, random_state=0)
     params.update(kwargs)
     return SpiceClustering(N_CENTERS, **params)
 
@@ -72,7 +72,7 @@ def fast_precomputed(**kwargs):
 def fast_images(**kwargs):
     params = dict(
         backbone=TinyNet(), n_heads=2, max_epochs=2, n_weak_views=1, n_strong_views=1,
-        embed_batch_size=8, device="cpu", random_state=0,
+        embed_batch_size=8, semi_steps=5, device="cpu", random_state=0,
     )
     params.update(kwargs)
     return SpiceClustering(N_CENTERS, **params)
@@ -244,7 +244,7 @@ def test_fit_ignores_y():
 def test_blobs_are_clustered_well():
     X, y = make_blobs(300, n_features=N_FEATURES, centers=3, random_state=1, cluster_std=0.5)
     est = SpiceClustering(3, backbone="precomputed", n_heads=4, max_epochs=30,
-                          minibatch_size=32, random_state=0).fit(X)
+                          minibatch_size=32, semi_steps=400, random_state=0).fit(X)
     assert cluster_accuracy(y, est.labels_) >= 0.9
 
 
@@ -374,7 +374,7 @@ def test_each_image_passes_the_backbone_once_per_cached_view(max_epochs):
     CountingNet.reset()
     est = SpiceClustering(
         N_CENTERS, backbone=CountingNet(), n_heads=2, max_epochs=max_epochs, n_weak_views=a,
-        n_strong_views=b, embed_batch_size=7, device="cpu", random_state=0,
+        n_strong_views=b, embed_batch_size=7, semi_steps=5, device="cpu", random_state=0,
     ).fit(X)
     assert CountingNet.seen[0] - probe == n * (1 + a + b)
     # ceil(20 / 7) = 3 batches, one forward per batch and view (+ the probe's one call).
@@ -393,7 +393,7 @@ def test_backbone_count_is_independent_of_epochs():
         CountingNet.reset()
         SpiceClustering(
             2, backbone=CountingNet(), n_heads=2, max_epochs=max_epochs, n_weak_views=1,
-            n_strong_views=2, device="cpu", random_state=0,
+            n_strong_views=2, semi_steps=5, device="cpu", random_state=0,
         ).fit(X)
         seen.append(CountingNet.seen[0])
     assert seen[0] == seen[1]
@@ -401,7 +401,6 @@ def test_backbone_count_is_independent_of_epochs():
 
 # ------------------------------------------------------------ bad parameters
 BAD_PARAMS = [
-    ({"n_clusters": 1}, ValueError, "n_clusters"),
     ({"n_clusters": 0}, ValueError, "n_clusters"),
     ({"n_clusters": N_BLOBS + 1}, ValueError, "n_clusters"),
     ({"n_clusters": 3.0}, TypeError, "n_clusters"),
@@ -672,3 +671,53 @@ def test_semi_finetune_end_to_end_on_tiny_images():
         est.backbone_.module.state_dict().values(), ref.backbone_.module.state_dict().values())]
     assert any(changed)  # the backbone was fine-tuned
     np.testing.assert_array_equal(est.predict(X), est.labels_)
+
+
+# ---------------------------------------------------------- score / transform
+def test_transform_gives_the_embedding_of_the_centers(fitted_precomputed):
+    est, X = fitted_precomputed
+    Z = est.transform(X)
+    assert Z.shape == (len(X), est.cluster_centers_.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, rtol=1e-5)
+
+
+def test_transform_images(fitted_images):
+    est, X = fitted_images
+    assert est.transform(X).shape == (len(X), est.cluster_centers_.shape[1])
+
+
+def test_score_is_label_free_and_prefers_the_better_model():
+    X, y = blobs(n=150)
+    good = fast_precomputed(max_epochs=30, n_neighbors=10, semi_steps=400).fit(X)
+    bad = fast_precomputed(max_epochs=1, semi=None, learning_rate=1e-6).fit(X)
+    assert cluster_accuracy(y, good.labels_) > cluster_accuracy(y, bad.labels_)
+    assert good.score(X) > bad.score(X)
+    assert good.score(X) == good.score(X, y)  # y is ignored
+    assert good.score(X) <= 1.0
+
+
+def test_score_images(fitted_images):
+    est, X = fitted_images
+    assert np.isfinite(est.score(X))
+
+
+def test_grid_search_without_labels():
+    from sklearn.model_selection import GridSearchCV
+
+    X, _ = blobs(n=90)
+    search = GridSearchCV(fast_precomputed(semi=None), {"max_epochs": [1, 10]}, cv=2)
+    search.fit(X)
+    assert set(search.cv_results_["params"][0]) == {"max_epochs"}
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_grid_search_with_a_label_scorer():
+    from sklearn.model_selection import GridSearchCV
+
+    from spice_learn.metrics import accuracy_scorer
+
+    X, y = blobs(n=90)
+    search = GridSearchCV(fast_precomputed(semi=None), {"max_epochs": [1, 10]}, cv=2,
+                          scoring=accuracy_scorer)
+    search.fit(X, y)
+    assert 0 <= search.best_score_ <= 1

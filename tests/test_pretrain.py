@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import spice_learn.estimator as estimator_module
+import spice_learn.representation as representation
 from spice_learn import SpiceClustering
 from spice_learn.backbones import build_backbone
 from spice_learn.pretrain import ProjectionHead, nt_xent_loss, pretrain_simclr
@@ -115,7 +115,7 @@ def calls(monkeypatch):
         seen.append(kwargs)
         return [1.0]
 
-    monkeypatch.setattr(estimator_module, "pretrain_simclr", fake)
+    monkeypatch.setattr(representation, "pretrain_simclr", fake)
     return seen
 
 
@@ -123,7 +123,8 @@ def _images(n=24, size=8):
     return np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
 
 
-FAST = dict(n_heads=2, max_epochs=1, n_weak_views=1, n_strong_views=1, random_state=0)
+FAST = dict(n_heads=2, max_epochs=1, n_weak_views=1, n_strong_views=1, semi_steps=5,
+            random_state=0)
 
 
 def test_auto_pretrains_random_timm_backbone(calls):

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_spice_self import make_cache
 
 from spice_learn.backbones import build_backbone
 from spice_learn.heads import MultiHeadClassifier
 from spice_learn.metrics import cluster_accuracy
 from spice_learn.spice_self import head_probabilities
 from spice_learn.spice_semi import finetune, fixmatch_loss, train_semi_head
-
-from test_spice_self import make_cache
 
 CPU = torch.device("cpu")
 

@@ -1,0 +1,62 @@
+"""Parameter checks shared by the estimators: clear errors that name the parameter."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_scalar
+
+__all__ = ["check_int", "check_real", "auto_int", "resolve_device", "usable_device"]
+
+
+def check_int(value, name, min_val):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__}).")
+    if value < min_val:
+        raise ValueError(f"{name} must be >= {min_val}; got {value}.")
+    return int(value)
+
+
+def check_real(value, name, min_val, max_val, include_boundaries):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r} ({type(value).__name__}).")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value!r}.")
+    check_scalar(value, name, numbers.Real, min_val=min_val, max_val=max_val,
+                 include_boundaries=include_boundaries)
+    return float(value)
+
+
+def auto_int(value, name, default, min_val):
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name} must be an int or 'auto'; got {value!r}.")
+        return default
+    return check_int(value, name, min_val)
+
+
+def resolve_device(device):
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}."
+        ) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a CPU or CUDA device; got {device!r}.")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available.")
+    return resolved
+
+
+def usable_device(device):
+    """The device to run ``predict``/``transform`` on: ``device`` when it exists
+    here, else the CPU (a model fitted with ``device="cuda"`` on a machine without CUDA)."""
+    try:
+        return resolve_device(device)
+    except ValueError:
+        return torch.device("cpu")
