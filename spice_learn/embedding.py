@@ -11,6 +11,7 @@ and view in float32 and ``2 * D`` in float16 (a ResNet-18, D = 512: 2 KiB /
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-__all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype"]
+__all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
+           "halve_after_oom"]
 
 
 def autocast_dtype(device, *, bf16_only=False):
@@ -110,21 +112,39 @@ def embed_views(
     bar = tqdm(total=n * len(transforms), desc=desc, unit="img", disable=verbose <= 0)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores it
-        for start in range(0, n, batch_size):
+        start = 0
+        while start < n:
             batch = images[start : start + batch_size]
             if list(batch.shape[-2:]) != size:
                 batch = TF.resize(batch, size, antialias=True)
-            for v, transform in enumerate(transforms):
-                view = batch if transform is None else _per_image(transform, batch)
-                x = view.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    feats = module(x)
-                feats = F.normalize(feats.float().flatten(1), dim=1)
-                out[v, start : start + batch.shape[0]] = feats.to("cpu", dtype)
-                bar.update(batch.shape[0])
+            views = [batch if t is None else _per_image(t, batch) for t in transforms]
+            try:
+                for v, view in enumerate(views):
+                    x = view.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        feats = module(x)
+                    feats = F.normalize(feats.float().flatten(1), dim=1)
+                    out[v, start : start + batch.shape[0]] = feats.to("cpu", dtype)
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size = halve_after_oom(batch_size, device, "embedding")
+                continue  # the same images again, in smaller batches
+            bar.update(batch.shape[0] * len(views))
+            start += batch.shape[0]
     bar.close()
     return out
+
+
+def halve_after_oom(batch_size, device, what):
+    """Free cached GPU memory and return half of ``batch_size`` (at least 1), with a warning."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    new = max(1, batch_size // 2)
+    warnings.warn(f"CUDA out of memory in {what}; continuing with batches of {new} instead "
+                  f"of {batch_size}.", RuntimeWarning, stacklevel=3)
+    return new
 
 
 def _per_image(transform, batch):

@@ -33,14 +33,22 @@ from .spice_self import (
     train_heads,
 )
 from .spice_semi import finetune, train_semi_head
-from .validation import auto_int, check_int, check_real, resolve_device, usable_device
+from .validation import (
+    auto_int,
+    check_int,
+    check_n_jobs,
+    check_real,
+    resolve_device,
+    torch_threads,
+    usable_device,
+)
 
 __all__ = ["SpiceClustering"]
 
 #: ``cache_dtype="auto"`` stores float16 once the float32 cache would exceed this.
 AUTO_FLOAT16_BYTES = 1 << 30
 #: ``n_weak_views``/``n_strong_views="auto"`` caches 4/16 views up to this many samples, else 2/4.
-SMALL_DATA_SIZE = 10_000
+SMALL_DATA_SIZE = 5_000
 #: ``semi_learning_rate="auto"``: Adam for the "head" mode, SGD (FixMatch) for "finetune".
 SEMI_LEARNING_RATES = {"head": 1e-3, "finetune": 0.03}
 
@@ -119,7 +127,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         Weight of an entropy term on the mean prediction that keeps clusters from
         emptying; "auto" is 0 below 50 clusters and 1 from 50 on.
     n_weak_views, n_strong_views : int or "auto", default="auto"
-        "auto": 4 weak and 16 strong views for up to 10,000 samples (cheap to
+        "auto": 4 weak and 16 strong views for up to 5,000 samples (cheap to
         embed; the SPICE-Semi head overfits fewer views: on sklearn digits 4/16
         views gave 0.955 mean ACC over 3 seeds against 0.942 with 2/4), else 2
         and 4.
@@ -134,7 +142,18 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         bytes per image and view; "auto" switches to float16 when the float32
         cache would exceed 1 GiB.
     embed_batch_size : int, default=256
-        Images per backbone forward pass.
+        Images per backbone forward pass. On a CUDA out-of-memory error the
+        batch is halved and the pass goes on (with a warning); pretraining does
+        the same with ``pretrain_batch_size``.
+    checkpoint_dir : path-like or None, default=None
+        Folder where pretraining saves its state after every epoch
+        (``pretrain.pt``). A later ``fit`` on the same images with the same
+        settings and seed resumes from it (or skips finished pretraining); on
+        the CPU without ``pretrain_time`` the result equals an uninterrupted
+        run. A checkpoint for other images or settings is ignored and replaced.
+    n_jobs : int or None, default=None
+        Torch CPU threads during ``fit``, ``predict``, ``transform`` and
+        ``score`` (-1: all cores; None: leave torch's setting alone).
     semi : {"head", "finetune"} or None, default="head"
         SPICE-Semi (paper section 3.3): after SPICE-Self, samples whose
         neighbourhood agrees with their cluster become labelled data for a
@@ -240,6 +259,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs=100,
         learning_rate=5e-3, confidence_ratio=0.5, entropy_weight="auto", n_weak_views="auto",
         n_strong_views="auto", flip="auto", cache_dtype="auto", embed_batch_size=256,
+        checkpoint_dir=None, n_jobs=None,
         semi="head", n_neighbors=100, reliability_threshold=0.95, semi_threshold=0.95,
         semi_steps=1000, semi_time=None, semi_batch_size=64, semi_mu=7,
         semi_learning_rate="auto", ema_decay=0.999, device="auto", random_state=None, verbose=0,
@@ -268,6 +288,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.flip = flip
         self.cache_dtype = cache_dtype
         self.embed_batch_size = embed_batch_size
+        self.checkpoint_dir = checkpoint_dir
+        self.n_jobs = n_jobs
         self.semi = semi
         self.n_neighbors = n_neighbors
         self.reliability_threshold = reliability_threshold
@@ -300,6 +322,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self : SpiceClustering
             The fitted estimator. Nothing is changed when ``fit`` raises.
         """
+        with torch_threads(check_n_jobs(self.n_jobs)):
+            return self._fit(X)
+
+    def _fit(self, X):
         params = self._check_params()
         try:
             rng = check_random_state(self.random_state)
@@ -330,6 +356,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
                 batch_size=self.pretrain_batch_size, learning_rate=self.pretrain_learning_rate,
                 temperature=self.temperature, projection_dim=self.projection_dim,
+                checkpoint=(None if self.checkpoint_dir is None
+                            else os.path.join(self.checkpoint_dir, "pretrain.pt")),
             )
             cache = _image_cache(extractor, images, params, flip, seeds[1], self.verbose)
 
@@ -412,7 +440,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             similarities to the prototypes.
         """
         check_is_fitted(self, "classifier_")
-        return self._embed(X).numpy()
+        with torch_threads(check_n_jobs(self.n_jobs)):
+            return self._embed(X).numpy()
 
     @property
     def _n_features_out(self):
@@ -441,6 +470,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         score : float
         """
         check_is_fitted(self, "classifier_")
+        with torch_threads(check_n_jobs(self.n_jobs)):
+            return self._score(X)
+
+    def _score(self, X):
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         params = {"n_weak_views": 1, "n_strong_views": 1, "cache_dtype": "float32",
                   "embed_batch_size": self.embed_batch_size,
@@ -498,8 +531,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         proba : ndarray of shape (n_samples, n_clusters)
         """
         check_is_fitted(self, "classifier_")
-        features = self._embed(X)
-        return head_probabilities(self.classifier_, features)[0].cpu().numpy()
+        with torch_threads(check_n_jobs(self.n_jobs)):
+            features = self._embed(X)
+            return head_probabilities(self.classifier_, features)[0].cpu().numpy()
 
     def predict(self, X):
         """Cluster of each sample (argmax of :meth:`predict_proba`).
@@ -608,6 +642,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 "weights must be None with backbone='precomputed', a torch.nn.Module or a "
                 f"fitted backbone_ (they bring their own weights); got weights={weights!r}."
             )
+        if not (self.checkpoint_dir is None or isinstance(self.checkpoint_dir, (str, os.PathLike))):
+            raise TypeError("checkpoint_dir must be None or a folder path; got "
+                            f"{type(self.checkpoint_dir).__name__}.")
+        check_n_jobs(self.n_jobs)
         if self.semi not in (None, "head", "finetune"):
             raise ValueError(f"semi must be None, 'head' or 'finetune'; got {self.semi!r}.")
         if backbone == "precomputed" and self.semi == "finetune":

@@ -20,8 +20,11 @@ recipe below 20 px).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .batch_augment import contrastive_augment
-from .embedding import autocast_dtype
+from .embedding import autocast_dtype, halve_after_oom
 
 __all__ = ["nt_xent_loss", "ProjectionHead", "pretrain_simclr"]
 
@@ -70,7 +73,7 @@ class ProjectionHead(nn.Sequential):
 
 def pretrain_simclr(
     extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
-    projection_dim, flip, seed, device, verbose=0,
+    projection_dim, flip, seed, device, verbose=0, checkpoint=None,
 ):
     """Train ``extractor.module`` in place with SimCLR on ``images``.
 
@@ -100,6 +103,14 @@ def pretrain_simclr(
     device : torch.device
     verbose : int
         Progress bar with the loss per epoch when > 0.
+    checkpoint : path-like or None
+        File to save the training state to after every epoch and to resume
+        from when it exists and was written for the same images, settings and
+        seed (a fingerprint is stored with it). On the CPU without a time budget
+        a resumed run ends with exactly the weights of an uninterrupted one.
+
+    On a CUDA out-of-memory error the batch is halved and training goes on
+    (with a warning).
 
     Returns
     -------
@@ -121,15 +132,28 @@ def pretrain_simclr(
     amp = autocast_dtype(device, bf16_only=True)
     n = images.shape[0]
     batch = min(batch_size, n)
-    steps_per_epoch = max(1, n // batch)
-    total_steps = max_epochs * steps_per_epoch
-    history, step, start = [], 0, time.perf_counter()
-    bar = tqdm(range(max_epochs), desc="pretraining (SimCLR)", unit="epoch", disable=verbose <= 0)
-    for _ in bar:
+    history, spent = [], 0.0
+    fingerprint = _fingerprint(images, extractor, max_epochs, max_time, batch_size,
+                               learning_rate, temperature, projection_dim, flip, seed)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            module.load_state_dict(state["module"])
+            head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            history, spent, batch = list(state["history"]), float(state["spent"]), state["batch"]
+    start = time.perf_counter() - spent
+    bar = tqdm(range(max_epochs), desc="pretraining (SimCLR)", unit="epoch", disable=verbose <= 0,
+               initial=len(history))
+    for epoch in range(len(history), max_epochs):
+        if history and max_time is not None and time.perf_counter() - start > max_time:
+            break  # a resumed run whose budget is spent (a fresh run does one step at least)
         perm = torch.randperm(n, generator=gen)
-        losses = []
-        for b in range(steps_per_epoch):
-            progress = step / total_steps
+        losses, b = [], 0
+        while b < max(1, n // batch):
+            steps_per_epoch = max(1, n // batch)
+            progress = (epoch + b / steps_per_epoch) / max_epochs
             if max_time:  # None or 0: no time-based schedule
                 # With a time budget the schedule follows whichever runs out first.
                 progress = max(progress, (time.perf_counter() - start) / max_time)
@@ -140,23 +164,59 @@ def pretrain_simclr(
             if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
                 x = TF.resize(x, size, antialias=True)
             x = x.to(device, non_blocking=True).float().div_(255)
-            views = [((augment(x, gen) - mean) / std).contiguous(memory_format=torch.channels_last)
-                     for _ in range(2)]
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                z = head(module(torch.cat(views)).flatten(1))
-            loss = nt_xent_loss(z[:batch], z[batch:], temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                views = [((augment(x, gen) - mean) / std)
+                         .contiguous(memory_format=torch.channels_last) for _ in range(2)]
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    z = head(module(torch.cat(views)).flatten(1))
+                loss = nt_xent_loss(z[: len(x)], z[len(x) :], temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except torch.cuda.OutOfMemoryError:
+                if batch <= 2:
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                views = z = loss = None
+                batch = halve_after_oom(batch, device, "pretraining")
+                b = b * 2  # the same position in the epoch, in half-size steps
+                continue
             optimizer.step()
             losses.append(loss.detach())
-            step += 1
+            b += 1
             if max_time is not None and time.perf_counter() - start > max_time:
                 break
         history.append(float(torch.stack(losses).mean()))
+        bar.update(1)
         if verbose > 0:
             bar.set_postfix(loss=f"{history[-1]:.4f}")
-        if max_time is not None and time.perf_counter() - start > max_time:
-            break
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "fingerprint": fingerprint, "module": module.state_dict(),
+                "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(), "history": history,
+                "spent": time.perf_counter() - start, "batch": batch,
+            })
     bar.close()
     module.eval().requires_grad_(False)
     return history
+
+
+def _fingerprint(images, extractor, *settings):
+    """A digest of the images, the starting weights and the settings of a run."""
+    digest = hashlib.sha256()
+    digest.update(repr((tuple(images.shape), extractor.name, extractor.input_size, settings))
+                  .encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    for value in extractor.module.state_dict().values():
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+                      .tobytes())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(path, state):
+    """Write ``state`` atomically (a crash mid-write never leaves a broken file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

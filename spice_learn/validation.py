@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import os
 
 import numpy as np
 import torch
 from sklearn.utils.validation import check_scalar
 
-__all__ = ["check_int", "check_real", "auto_int", "resolve_device", "usable_device"]
+__all__ = ["check_int", "check_real", "auto_int", "resolve_device", "usable_device",
+           "check_n_jobs", "torch_threads"]
 
 
 def check_int(value, name, min_val):
@@ -60,3 +63,28 @@ def usable_device(device):
         return resolve_device(device)
     except ValueError:
         return torch.device("cpu")
+
+
+def check_n_jobs(n_jobs):
+    """``n_jobs``: None (torch's current setting), a positive int, or -1 (all CPU cores)."""
+    if n_jobs is None:
+        return None
+    if check_int(n_jobs, "n_jobs", -1) == -1:
+        return os.cpu_count() or 1
+    if n_jobs == 0:
+        raise ValueError("n_jobs must be None, -1 or a positive int; got 0.")
+    return int(n_jobs)
+
+
+@contextlib.contextmanager
+def torch_threads(n_threads):
+    """Run the block with ``n_threads`` torch intra-op threads (None: unchanged)."""
+    if n_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

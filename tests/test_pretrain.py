@@ -213,3 +213,103 @@ def test_fitted_backbone_with_weights_is_rejected():
     first = SpiceClustering(3, backbone="spice_convnet4", pretrain=None, **FAST).fit(_images())
     with pytest.raises(ValueError, match="weights must be None .*fitted backbone_"):
         SpiceClustering(3, backbone=first.backbone_, weights="w.pth", **FAST).fit(_images())
+
+
+# ------------------------------------------------------ checkpoint/resume and OOM
+def _weights(extractor):
+    return {k: v.clone() for k, v in extractor.module.state_dict().items()}
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    import spice_learn.pretrain as pretrain_module
+
+    reference, ref_history = _pretrain(epochs=4)
+    path = tmp_path / "ckpt" / "pretrain.pt"
+    real_save, saves = pretrain_module._save_checkpoint, []
+
+    def save_then_crash(p, state):
+        real_save(p, state)
+        saves.append(len(state["history"]))
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C after epoch 2
+
+    monkeypatch.setattr(pretrain_module, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(epochs=4, checkpoint=path)
+    monkeypatch.setattr(pretrain_module, "_save_checkpoint", real_save)
+    resumed, history = _pretrain(epochs=4, checkpoint=path)  # epochs 3 and 4 only
+    assert history == ref_history
+    for key, value in _weights(reference).items():
+        assert torch.equal(resumed.module.state_dict()[key], value), key
+
+
+def test_checkpoint_of_other_settings_is_ignored(tmp_path):
+    path = tmp_path / "pretrain.pt"
+    _pretrain(seed=1, epochs=2, checkpoint=path)
+    fresh, history = _pretrain(seed=2, epochs=2, checkpoint=path)
+    reference, ref_history = _pretrain(seed=2, epochs=2)
+    assert history == ref_history
+    for key, value in _weights(reference).items():
+        assert torch.equal(fresh.module.state_dict()[key], value), key
+
+
+def test_finished_checkpoint_skips_training(tmp_path, monkeypatch):
+    path = tmp_path / "pretrain.pt"
+    first, history = _pretrain(epochs=2, checkpoint=path)
+    monkeypatch.setattr("spice_learn.pretrain.nt_xent_loss",
+                        lambda *a, **k: pytest.fail("trained again"))
+    again, history2 = _pretrain(epochs=2, checkpoint=path)
+    assert history2 == history
+    for key, value in _weights(first).items():
+        assert torch.equal(again.module.state_dict()[key], value), key
+
+
+class _OOMOnBigBatches(torch.nn.Module):
+    """Raises CUDA's out-of-memory error for batches above ``limit`` images."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.conv = limit, torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.conv(x)
+
+
+def test_pretraining_halves_the_batch_after_oom():
+    extractor = build_backbone(_OOMOnBigBatches(limit=20), None, (12, 12))
+    with pytest.warns(RuntimeWarning, match="out of memory in pretraining"):
+        history = pretrain_simclr(
+            extractor, _pattern_images(), max_epochs=2, max_time=None, batch_size=32,
+            learning_rate=1e-3, temperature=0.5, projection_dim=8, flip=False, seed=0,
+            device=torch.device("cpu"))
+    assert len(history) == 2 and np.all(np.isfinite(history))
+    sizes = extractor.module.module.sizes[1:]  # (wrapped for pooling; [0] is build's probe)
+    assert sizes[:3] == [64, 32, 16]  # two views of 32, then 16, then 8 images
+    assert set(sizes[2:]) == {16}  # every later step ran with the halved batch
+
+
+def test_estimator_checkpoint_dir_reuses_pretraining(tmp_path, calls):
+    params = dict(backbone="spice_convnet4", checkpoint_dir=str(tmp_path), **FAST)
+    SpiceClustering(3, **params).fit(_images())
+    assert calls[0]["checkpoint"] == str(tmp_path / "pretrain.pt")
+
+
+@pytest.mark.parametrize("bad,error", [({"checkpoint_dir": 3}, TypeError),
+                                       ({"n_jobs": 0}, ValueError),
+                                       ({"n_jobs": 1.5}, TypeError)])
+def test_bad_checkpoint_dir_and_n_jobs(bad, error):
+    with pytest.raises(error, match=next(iter(bad))):
+        SpiceClustering(3, **bad, **FAST).fit(_images())
+
+
+def test_n_jobs_sets_threads_during_fit_and_restores_them(monkeypatch):
+    seen = []
+    monkeypatch.setattr(representation, "pretrain_simclr",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or [1.0])
+    before = torch.get_num_threads()
+    SpiceClustering(3, backbone="spice_convnet4", n_jobs=1, **FAST).fit(_images())
+    assert seen == [1] and torch.get_num_threads() == before
