@@ -4,6 +4,8 @@ orchestration and fitted attributes. The torch work lives in the other modules."
 from __future__ import annotations
 
 import os
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -191,7 +193,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, augmentation and sampling.
     verbose : int, default=0
-        Progress bars when > 0.
+        0: silent; 1 or more: tqdm progress bars (pretraining with its loss per
+        epoch, embedding, SPICE-Self, SPICE-Semi) and one line per finished stage
+        on standard error.
 
     Notes
     -----
@@ -338,6 +342,13 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         device = params["device"]
         precomputed = isinstance(self.backbone, str) and self.backbone == "precomputed"
 
+        start = time.perf_counter()
+
+        def log(message):
+            if self.verbose > 0:
+                print(f"[SpiceClustering {time.perf_counter() - start:7.1f} s] {message}",
+                      file=sys.stderr, flush=True)
+
         pretrain_history = []
         if precomputed:
             features = torch.from_numpy(as_features(X))
@@ -359,7 +370,12 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 checkpoint=(None if self.checkpoint_dir is None
                             else os.path.join(self.checkpoint_dir, "pretrain.pt")),
             )
+            if params["pretrain"]:
+                log(f"stage 1: {len(pretrain_history)} SimCLR epochs on "
+                    f"{images.shape[0]} images, final loss {pretrain_history[-1]:.4f}")
             cache = _image_cache(extractor, images, params, flip, seeds[1], self.verbose)
+            n_views = 1 + params["n_weak_views"] + params["n_strong_views"]
+            log(f"embedded {images.shape[0]} images x {n_views} views with {extractor.name}")
 
         k = self.n_clusters
         heads, history = train_heads(
@@ -376,6 +392,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         features = cache.original
         probs = head_probabilities(classifier, features)
         self_labels = probs[0].argmax(dim=1).cpu().numpy()
+        log(f"SPICE-Self: selected head {best} of {self.n_heads} (DS-CE {losses[best]:.4f}; "
+            f"all heads {losses.min():.4f}-{losses.max():.4f})")
 
         reliability = reliable = semi_history = None
         if params["semi"] is not None:
@@ -399,6 +417,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                     features = embed_images(extractor, images, batch_size=self.embed_batch_size,
                                             device=device, verbose=self.verbose)
                 probs = head_probabilities(classifier, features)
+                changed = (probs[0].argmax(dim=1).cpu().numpy() != self_labels).mean()
+                log(f"SPICE-Semi ({params['semi']}): {reliable.mean():.1%} reliable samples, "
+                    f"{len(semi_history)} steps, {changed:.1%} of the labels changed")
         n_top = n_confident(cache.n_samples, k, self.confidence_ratio)
         centers = cluster_prototypes(features.to(probs.device).float(), probs, n_top)[0]
 

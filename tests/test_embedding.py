@@ -128,3 +128,37 @@ def test_view_cache_properties():
     moved = cache.to(CPU)
     assert moved.original.shape == (5, 3)
     assert moved.weak.shape == (2, 5, 3) and moved.strong.shape == (4, 5, 3)
+
+
+class _OOMAbove(nn.Module):
+    """A conv net that raises CUDA's out-of-memory error for batches above ``limit``."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.conv = limit, nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.conv(x)
+
+
+def test_oom_halves_the_batch_and_gives_the_same_embeddings():
+    images = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8)
+    module = _OOMAbove(limit=7)
+    extractor = build_backbone(module, None, (8, 8))
+    cpu = torch.device("cpu")
+    with pytest.warns(RuntimeWarning, match="out of memory in embedding"):
+        got = embed_images(extractor, images, batch_size=32, device=cpu)
+    module.limit = 10**6
+    reference = embed_images(build_backbone(module, None, (8, 8)), images, batch_size=32,
+                             device=cpu)
+    torch.testing.assert_close(got, reference)
+
+
+def test_oom_with_batches_of_one_is_raised():
+    extractor = build_backbone(_OOMAbove(limit=8), None, (8, 8))
+    extractor.module.module.limit = 0  # (the copy build_backbone wrapped for pooling)
+    with pytest.raises(torch.cuda.OutOfMemoryError), pytest.warns(RuntimeWarning):
+        embed_images(extractor, torch.zeros((3, 3, 8, 8), dtype=torch.uint8), batch_size=4,
+                     device=torch.device("cpu"))

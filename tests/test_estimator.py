@@ -721,3 +721,89 @@ def test_grid_search_with_a_label_scorer():
                           scoring=accuracy_scorer)
     search.fit(X, y)
     assert 0 <= search.best_score_ <= 1
+
+
+# ------------------------------------------------------------- robustness extras
+@pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
+def test_interrupted_fit_leaves_fitted_state(fitted_precomputed, monkeypatch, error):
+    fitted, X = fitted_precomputed
+    est = copy.deepcopy(fitted)
+    snap = snapshot(est)
+
+    def interrupt(*args, **kwargs):
+        raise error()
+
+    monkeypatch.setattr(estimator_module, "train_semi_head", interrupt)  # the last stage
+    with pytest.raises(error):
+        est.fit(X)
+    assert_unchanged(est, snap)
+
+
+def test_interrupted_first_fit_leaves_estimator_unfitted(monkeypatch):
+    X, _ = blobs()
+    est = fast_precomputed()
+    monkeypatch.setattr(estimator_module, "head_selection_losses",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    assert not [key for key in vars(est) if key.endswith("_")]
+
+
+def test_joblib_round_trip_gives_identical_predictions(fitted_images, tmp_path):
+    import joblib
+
+    est, X = fitted_images
+    path = tmp_path / "model.joblib"
+    joblib.dump(est, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+
+
+def test_pickle_holds_no_embedding_cache(fitted_images):
+    est, X = fitted_images
+    for value in vars(est).values():
+        assert not isinstance(value, torch.Tensor) or value.numel() < 10_000
+        assert type(value).__name__ != "ViewCache"
+    assert len(pickle.dumps(est)) < 2_000_000
+
+
+def test_verbose_prints_stage_lines(capsys):
+    X, _ = blobs(n=90)
+    fast_precomputed(verbose=1).fit(X)
+    err = capsys.readouterr().err
+    assert "SPICE-Self: selected head" in err and "SPICE-Semi (head)" in err
+    fast_precomputed(verbose=0).fit(X)
+    assert "SpiceClustering" not in capsys.readouterr().err
+
+
+def test_same_random_state_is_bit_identical_with_semi_head():
+    X, _ = blobs(n=90)
+    a = fast_precomputed(n_neighbors=10).fit(X)
+    b = fast_precomputed(n_neighbors=10).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    for p, q in zip(a.classifier_.state_dict().values(), b.classifier_.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to fit on")
+def test_cuda_fitted_model_predicts_in_a_process_without_cuda(tmp_path):
+    import subprocess
+    import sys
+
+    import joblib
+
+    X = images(n=20)
+    est = fast_images(device="cuda").fit(X)
+    joblib.dump((est, X, est.predict(X)), tmp_path / "m.joblib")
+    code = ("import joblib, numpy as np, torch; assert not torch.cuda.is_available(); "
+            f"est, X, p = joblib.load({str(tmp_path / 'm.joblib')!r}); "
+            "np.testing.assert_array_equal(est.predict(X), p)")
+    import os
+
+    # TinyNet lives in this test module: make it importable in the child process.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
