@@ -24,6 +24,9 @@ use.
 # %%
 # Data and model
 # --------------
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import load_digits
@@ -73,6 +76,9 @@ ax1.set_xlabel("setting")
 ax1.set_title("GridSearchCV on digits: label-free score vs accuracy, 3-fold means")
 fig.legend(loc="lower right")
 fig.tight_layout()
+OUT = Path(os.environ.get("SPICE_LEARN_FIGURES", "figures"))
+OUT.mkdir(parents=True, exist_ok=True)
+fig.savefig(OUT / "grid_search.png")
 plt.show()
 
 # %%

@@ -1,4 +1,4 @@
-"""Command line: ``spice-learn demo``."""
+"""Command line: ``spice-learn demo`` and ``spice-learn cluster DIR``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import argparse
 import sys
 import time
 
+import numpy as np
+
 __all__ = ["main"]
 
 
 def _demo(args):
-    import numpy as np
     import torch
     from sklearn.cluster import KMeans
     from sklearn.datasets import load_digits
@@ -58,6 +59,88 @@ def _demo(args):
     return 0
 
 
+def _cluster(args):
+    import csv
+    import os
+    import shutil
+    from pathlib import Path
+
+    from . import SpiceClustering
+    from .image_input import list_image_files, read_image_files
+
+    root, out = Path(args.directory), Path(args.out)
+    try:
+        paths = list_image_files(root)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Never cluster our own output (an earlier run's copies, links and overview inside
+    # DIR); absolute paths without resolving links, which point back into DIR.
+    out_abs = Path(os.path.abspath(out))
+    paths = [p for p in paths if out_abs not in Path(os.path.abspath(p)).parents]
+    images, readable, failures = read_image_files(paths)
+    for path, reason in failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(images) < max(2, args.n_clusters):
+        print(f"error: {len(images)} readable images under {root}, need at least "
+              f"{max(2, args.n_clusters)} for {args.n_clusters} clusters.", file=sys.stderr)
+        return 2
+    print(f"clustering {len(images)} images from {root} into {args.n_clusters} clusters "
+          f"({len(failures)} unreadable files skipped) ...", flush=True)
+    model = SpiceClustering(
+        args.n_clusters, backbone=args.backbone, weights=args.weights,
+        pretrain_epochs=args.pretrain_epochs,
+        pretrain_time=None if args.pretrain_minutes is None else 60 * args.pretrain_minutes,
+        semi=None if args.semi == "none" else args.semi, random_state=args.seed,
+        verbose=args.verbose,
+    )
+    start = time.perf_counter()
+    model.fit(images)
+    confidence = model.predict_proba(images).max(axis=1)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "clusters.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "cluster", "confidence", "reliable"])
+        reliable = (model.reliable_mask_ if model.reliable_mask_ is not None
+                    else [""] * len(readable))
+        for row in zip(readable, model.labels_, confidence, reliable, strict=True):
+            writer.writerow([row[0], int(row[1]), f"{row[2]:.4f}", row[3] if row[3] == ""
+                             else int(bool(row[3]))])
+    if failures:
+        with open(out / "skipped.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "reason"])
+            writer.writerows(failures)
+    written = [out / "clusters.csv"]
+    try:
+        from .plotting import plot_cluster_grid
+
+        fig = plot_cluster_grid(images, model.labels_, confidence,
+                                title=f"{root.name}: most confident images per cluster")
+        fig.savefig(out / "overview.png", dpi=100)
+        written.append(out / "overview.png")
+    except ImportError:
+        print("matplotlib is not installed: no overview.png", file=sys.stderr)
+    if args.copy or args.link:
+        for stale in out.glob("cluster_*"):  # folders of an earlier run into the same OUT
+            if stale.is_dir() and stale.name[len("cluster_"):].isdigit():
+                shutil.rmtree(stale)
+        for i, (path, label) in enumerate(zip(readable, model.labels_, strict=True)):
+            folder = out / f"cluster_{int(label):02d}"
+            folder.mkdir(exist_ok=True)
+            target = folder / Path(path).name
+            if target.exists() or target.is_symlink():  # same name in another subfolder
+                target = folder / f"{Path(path).stem}_{i}{Path(path).suffix}"
+            if args.link:
+                os.symlink(os.path.abspath(path), target)
+            else:
+                shutil.copy2(path, target)
+    sizes = np.bincount(model.labels_, minlength=args.n_clusters)
+    print(f"done in {time.perf_counter() - start:.0f} s; cluster sizes: {sizes.tolist()}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def build_parser():
     """The ``spice-learn`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -76,6 +159,41 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0, help="random_state (default: 0)")
     demo.add_argument("--verbose", type=int, default=0, help="progress bars when > 0")
     demo.set_defaults(func=_demo)
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="cluster every image file under a folder",
+        description="Cluster every image under DIRECTORY (searched recursively; .png, .jpg, "
+        ".bmp, .gif, .tif, .webp, .ppm, .pgm) with SpiceClustering and write OUT/clusters.csv "
+        "(path, cluster, confidence = highest cluster probability, reliable = 1 when the "
+        "image's neighbours agree with its cluster), OUT/overview.png (the most confident "
+        "images of each cluster) and, with --copy or --link, one folder per cluster. "
+        "Unreadable files are reported, listed in OUT/skipped.csv and skipped.",
+    )
+    cluster.add_argument("directory", help="folder of images")
+    cluster.add_argument("--n-clusters", "-k", type=int, required=True,
+                         help="number of clusters")
+    cluster.add_argument("--out", "-o", default="spice_clusters",
+                         help="output folder (default: spice_clusters)")
+    group = cluster.add_mutually_exclusive_group()
+    group.add_argument("--copy", action="store_true", help="copy images into OUT/cluster_NN/")
+    group.add_argument("--link", action="store_true",
+                       help="symlink images into OUT/cluster_NN/")
+    cluster.add_argument("--backbone", default="auto",
+                         help="timm model name, or 'auto' (default: small conv net up to 28 px, "
+                         "else resnet18)")
+    cluster.add_argument("--weights", default=None,
+                         help="'pretrained' (timm zoo, needs a network) or a state dict file; "
+                         "default: pretrain on the images themselves")
+    cluster.add_argument("--pretrain-epochs", type=int, default=100,
+                         help="self-supervised pretraining epochs (default: 100)")
+    cluster.add_argument("--pretrain-minutes", type=float, default=None,
+                         help="wall-clock budget for pretraining in minutes (default: none)")
+    cluster.add_argument("--semi", choices=["head", "finetune", "none"], default="head",
+                         help="SPICE-Semi refinement (default: head)")
+    cluster.add_argument("--seed", type=int, default=0, help="random_state (default: 0)")
+    cluster.add_argument("--verbose", type=int, default=0, help="progress bars when > 0")
+    cluster.set_defaults(func=_cluster)
     return parser
 
 

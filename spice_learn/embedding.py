@@ -11,6 +11,7 @@ and view in float32 and ``2 * D`` in float16 (a ResNet-18, D = 512: 2 KiB /
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -20,7 +21,22 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
-           "halve_after_oom"]
+           "halve_after_oom", "isolated_rng"]
+
+
+@contextlib.contextmanager
+def isolated_rng(device, seed):
+    """Run the block with torch's global RNG (CPU, and ``device`` when it is CUDA)
+    seeded with ``seed``, and restore the caller's RNG state afterwards: random ops
+    inside a model (dropout, drop-path) are then reproducible and leave the user's
+    RNG untouched."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def autocast_dtype(device, *, bf16_only=False):
@@ -118,6 +134,7 @@ def embed_views(
             if list(batch.shape[-2:]) != size:
                 batch = TF.resize(batch, size, antialias=True)
             views = [batch if t is None else _per_image(t, batch) for t in transforms]
+            out_of_memory = False
             try:
                 for v, view in enumerate(views):
                     x = view.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
@@ -129,6 +146,9 @@ def embed_views(
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
                     raise
+                out_of_memory = True
+            if out_of_memory:  # outside the handler, so the failed pass's tensors are freed
+                x = feats = None
                 batch_size = halve_after_oom(batch_size, device, "embedding")
                 continue  # the same images again, in smaller batches
             bar.update(batch.shape[0] * len(views))

@@ -51,6 +51,9 @@ __all__ = ["SpiceClustering"]
 AUTO_FLOAT16_BYTES = 1 << 30
 #: ``n_weak_views``/``n_strong_views="auto"`` caches 4/16 views up to this many samples, else 2/4.
 SMALL_DATA_SIZE = 5_000
+#: ``score`` builds prototypes with this fixed ``r`` (the paper's value), so that models
+#: with different ``confidence_ratio`` are judged by the same criterion.
+SCORE_CONFIDENCE_RATIO = 0.5
 #: ``semi_learning_rate="auto"``: Adam for the "head" mode, SGD (FixMatch) for "finetune".
 SEMI_LEARNING_RATES = {"head": 1e-3, "finetune": 0.03}
 
@@ -148,11 +151,12 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         batch is halved and the pass goes on (with a warning); pretraining does
         the same with ``pretrain_batch_size``.
     checkpoint_dir : path-like or None, default=None
-        Folder where pretraining saves its state after every epoch
-        (``pretrain.pt``). A later ``fit`` on the same images with the same
-        settings and seed resumes from it (or skips finished pretraining); on
-        the CPU without ``pretrain_time`` the result equals an uninterrupted
-        run. A checkpoint for other images or settings is ignored and replaced.
+        Folder where pretraining saves its state after every epoch, in
+        ``pretrain-<fingerprint>.pt`` (a digest of images, starting weights,
+        settings and seed). A later ``fit`` with the same fingerprint resumes
+        from it (or skips finished pretraining); on the CPU without
+        ``pretrain_time`` the result equals an uninterrupted run. Fits with
+        other data or settings (e.g. GridSearchCV folds) use other files.
     n_jobs : int or None, default=None
         Torch CPU threads during ``fit``, ``predict``, ``transform`` and
         ``score`` (-1: all cores; None: leave torch's setting alone).
@@ -367,8 +371,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
                 batch_size=self.pretrain_batch_size, learning_rate=self.pretrain_learning_rate,
                 temperature=self.temperature, projection_dim=self.projection_dim,
-                checkpoint=(None if self.checkpoint_dir is None
-                            else os.path.join(self.checkpoint_dir, "pretrain.pt")),
+                checkpoint_dir=self.checkpoint_dir,
             )
             if params["pretrain"]:
                 log(f"stage 1: {len(pretrain_history)} SimCLR epochs on "
@@ -475,7 +478,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         The selected classifier's double-softmax cross-entropy on ``X``
         (SPICE-Self's head-selection criterion with ``M = N``: predictions on a
         weak view, prototype pseudo-labels, DS-CE on a strong view), rescaled to
-        ``1 - (L - L_min) / (log k - L_min)``: 1 when every pseudo-labelled
+        ``1 - (L - L_min) / (log k - L_min)`` (prototypes from the top half,
+        ``r = 0.5``, whatever ``confidence_ratio`` is): 1 when every pseudo-labelled
         sample gets a one-hot prediction of its label (``L_min = log(e + k - 1) - 1``),
         0 for uniform predictions. The rescaling makes models with different
         ``n_clusters`` comparable. ``y`` is ignored: ``GridSearchCV`` can tune
@@ -509,7 +513,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             finally:
                 self.backbone_.module.cpu()
         loss = float(head_selection_losses(self.classifier_, cache,
-                                           confidence_ratio=self.confidence_ratio)[0])
+                                           confidence_ratio=SCORE_CONFIDENCE_RATIO)[0])
         k = self.n_clusters
         if k == 1:  # one cluster: every prediction is trivially one-hot
             return 1.0

@@ -29,7 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from sklearn.utils import check_array
 
-__all__ = ["IMAGE_EXTENSIONS", "as_images", "as_features", "list_image_files"]
+__all__ = ["IMAGE_EXTENSIONS", "as_images", "as_features", "list_image_files", "read_image_files"]
 
 #: File extensions treated as images when a directory is given.
 IMAGE_EXTENSIONS = frozenset(
@@ -145,6 +145,32 @@ def _from_sequence(items):
     )
 
 
+def read_image_files(paths):
+    """Open every file in ``paths``, skipping the ones that cannot be read.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+
+    Returns
+    -------
+    images : list of PIL.Image.Image
+        The readable images, as RGB.
+    readable : list of str
+        Their paths, in the same order.
+    failures : list of (str, str)
+        ``(path, reason)`` of every file that could not be read.
+    """
+    images, readable, failures = [], [], []
+    for path in paths:
+        try:
+            images.append(_open_image(Path(path)))
+            readable.append(str(path))
+        except ValueError as exc:
+            failures.append((str(path), str(exc)))
+    return images, readable, failures
+
+
 def _open_image(path):
     try:
         with Image.open(path) as img:
@@ -152,7 +178,7 @@ def _open_image(path):
             return img.convert("RGB")
     except FileNotFoundError:
         raise ValueError(f"Image file not found: {str(path)!r}.") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise ValueError(f"Cannot read image file {str(path)!r}: {exc}") from None
 
 

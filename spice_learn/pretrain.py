@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .batch_augment import contrastive_augment
-from .embedding import autocast_dtype, halve_after_oom
+from .embedding import autocast_dtype, halve_after_oom, isolated_rng
 
 __all__ = ["nt_xent_loss", "ProjectionHead", "pretrain_simclr"]
 
@@ -73,7 +74,7 @@ class ProjectionHead(nn.Sequential):
 
 def pretrain_simclr(
     extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
-    projection_dim, flip, seed, device, verbose=0, checkpoint=None,
+    projection_dim, flip, seed, device, verbose=0, checkpoint_dir=None,
 ):
     """Train ``extractor.module`` in place with SimCLR on ``images``.
 
@@ -103,11 +104,12 @@ def pretrain_simclr(
     device : torch.device
     verbose : int
         Progress bar with the loss per epoch when > 0.
-    checkpoint : path-like or None
-        File to save the training state to after every epoch and to resume
-        from when it exists and was written for the same images, settings and
-        seed (a fingerprint is stored with it). On the CPU without a time budget
-        a resumed run ends with exactly the weights of an uninterrupted one.
+    checkpoint_dir : path-like or None
+        Folder to save the training state to after every epoch, in a file
+        ``pretrain-<fingerprint>.pt`` named after a digest of the images, the
+        starting weights, the settings and the seed; a run with the same
+        fingerprint resumes from it. On the CPU without a time budget a resumed
+        run ends with exactly the weights of an uninterrupted one.
 
     On a CUDA out-of-memory error the batch is halved and training goes on
     (with a warning).
@@ -117,12 +119,23 @@ def pretrain_simclr(
     history : list of float
         Mean NT-Xent loss of each completed epoch.
     """
+    with isolated_rng(device, seed):
+        return _pretrain_simclr(
+            extractor, images, max_epochs=max_epochs, max_time=max_time,
+            batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
+            projection_dim=projection_dim, flip=flip, seed=seed, device=device,
+            verbose=verbose, checkpoint_dir=checkpoint_dir,
+        )
+
+
+def _pretrain_simclr(
+    extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
+    projection_dim, flip, seed, device, verbose, checkpoint_dir,
+):
     module = extractor.module.to(device).train().requires_grad_(True)
     module = module.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores it
-        head = ProjectionHead(extractor.feature_dim, projection_dim).to(device)
+    head = ProjectionHead(extractor.feature_dim, projection_dim).to(device)  # RNG: isolated_rng
     params = list(module.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
     size = list(extractor.input_size)
@@ -132,11 +145,13 @@ def pretrain_simclr(
     amp = autocast_dtype(device, bf16_only=True)
     n = images.shape[0]
     batch = min(batch_size, n)
-    history, spent = [], 0.0
-    fingerprint = _fingerprint(images, extractor, max_epochs, max_time, batch_size,
-                               learning_rate, temperature, projection_dim, flip, seed)
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    history, spent, checkpoint = [], 0.0, None
+    if checkpoint_dir is not None:
+        fingerprint = _fingerprint(images, extractor, max_epochs, max_time, batch_size,
+                                   learning_rate, temperature, projection_dim, flip, seed)
+        checkpoint = Path(checkpoint_dir) / f"pretrain-{fingerprint[:20]}.pt"
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state.get("fingerprint") == fingerprint:
             module.load_state_dict(state["module"])
             head.load_state_dict(state["head"])
@@ -163,8 +178,9 @@ def pretrain_simclr(
             x = images[perm[b * batch : (b + 1) * batch]]
             if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
                 x = TF.resize(x, size, antialias=True)
-            x = x.to(device, non_blocking=True).float().div_(255)
+            out_of_memory = False
             try:
+                x = x.to(device, non_blocking=True).float().div_(255)
                 views = [((augment(x, gen) - mean) / std)
                          .contiguous(memory_format=torch.channels_last) for _ in range(2)]
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -172,15 +188,18 @@ def pretrain_simclr(
                 loss = nt_xent_loss(z[: len(x)], z[len(x) :], temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                optimizer.step()
             except torch.cuda.OutOfMemoryError:
                 if batch <= 2:
                     raise
+                out_of_memory = True
+            if out_of_memory:  # outside the handler, so the failed step's tensors are freed
                 optimizer.zero_grad(set_to_none=True)
-                views = z = loss = None
+                x = views = z = loss = None
+                position = b * batch
                 batch = halve_after_oom(batch, device, "pretraining")
-                b = b * 2  # the same position in the epoch, in half-size steps
+                b = position // batch  # the same place in the epoch, in smaller steps
                 continue
-            optimizer.step()
             losses.append(loss.detach())
             b += 1
             if max_time is not None and time.perf_counter() - start > max_time:
@@ -217,6 +236,11 @@ def _save_checkpoint(path, state):
     """Write ``state`` atomically (a crash mid-write never leaves a broken file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

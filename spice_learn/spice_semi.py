@@ -30,12 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .batch_augment import contrastive_augment, weak_augment
-from .embedding import autocast_dtype
+from .embedding import autocast_dtype, isolated_rng
 from .heads import MultiHeadClassifier
 
 __all__ = ["fixmatch_loss", "train_semi_head", "finetune"]
@@ -64,6 +63,33 @@ def fixmatch_loss(logits_weak, logits_strong, threshold):
         mask = confidence >= threshold
     ce = F.cross_entropy(logits_strong.float(), target, reduction="none")
     return (ce * mask).mean(), mask
+
+
+def _step(optimizer, logits, labelled_targets, threshold):
+    """One update with the loss of Eq. 6 on ``logits`` ordered as ``[labelled weak;
+    unlabelled weak; unlabelled strong]``; returns (supervised, unlabelled, mask share)."""
+    n_labelled = len(labelled_targets)
+    sup = F.cross_entropy(logits[:n_labelled], labelled_targets)
+    weak_u, strong_u = logits[n_labelled:].chunk(2)
+    unsup, mask = fixmatch_loss(weak_u, strong_u, threshold)
+    optimizer.zero_grad(set_to_none=True)
+    (sup + unsup).backward()
+    optimizer.step()
+    return torch.stack([sup.detach(), unsup.detach(), mask.float().mean()])
+
+
+@torch.no_grad()
+def _update_ema(ema, model, decay):
+    """``ema = decay * ema + (1 - decay) * model`` for parameters and float buffers
+    (integer buffers are copied). The caller warms ``decay`` up, as
+    ``min(decay, (1 + t) / (10 + t))``, so early weights do not linger."""
+    pairs = list(zip(ema.parameters(), model.parameters(), strict=True))
+    pairs += list(zip(ema.buffers(), model.buffers(), strict=True))
+    for e, p in pairs:
+        if e.dtype.is_floating_point:
+            e.lerp_(p, 1.0 - decay)
+        else:
+            e.copy_(p)
 
 
 def _cosine_lr(base, step, n_steps, start, max_time):
@@ -146,13 +172,7 @@ def train_semi_head(
             cache.strong[torch.randint(n_strong, ui.shape, generator=gen), ui],
         ]).to(device).float()
         logits = head(x)[0]
-        sup = F.cross_entropy(logits[:batch_size], targets[li.to(device)])
-        weak_u, strong_u = logits[batch_size:].chunk(2)
-        unsup, mask = fixmatch_loss(weak_u, strong_u, threshold)
-        optimizer.zero_grad(set_to_none=True)
-        (sup + unsup).backward()
-        optimizer.step()
-        history.append(torch.stack([sup.detach(), unsup.detach(), mask.float().mean()]))
+        history.append(_step(optimizer, logits, targets[li.to(device)], threshold))
         if max_time is not None and time.perf_counter() - start > max_time:
             break
     bar.close()
@@ -195,7 +215,8 @@ def finetune(
         SGD (Nesterov momentum 0.9, weight decay 5e-4) learning rate, FixMatch's
         cosine decay.
     ema_decay : float
-        Decay of the exponential moving average of the weights (0 = no averaging).
+        Decay of the exponential moving average of the weights (0 = no averaging),
+        warmed up as ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t``.
     flip : bool
         Horizontal flips in the augmentations.
     seed : int
@@ -209,10 +230,23 @@ def finetune(
     history : ndarray of shape (n_steps_done, 3)
         As in :func:`train_semi_head`.
     """
+    with isolated_rng(device, seed):
+        return _finetune(
+            extractor, classifier, images, labels, reliable, n_steps=n_steps,
+            batch_size=batch_size, mu=mu, threshold=threshold, learning_rate=learning_rate,
+            ema_decay=ema_decay, flip=flip, seed=seed, device=device, max_time=max_time,
+            verbose=verbose,
+        )
+
+
+def _finetune(
+    extractor, classifier, images, labels, reliable, *, n_steps, batch_size, mu, threshold,
+    learning_rate, ema_decay, flip, seed, device, max_time, verbose,
+):
     reliable_idx = _check_reliable(reliable)
     model = _Classifier(extractor.module, classifier).to(device)
     model = model.to(memory_format=torch.channels_last).train().requires_grad_(True)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+    ema = copy.deepcopy(model).requires_grad_(False)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim <= 1 or "norm" in name or "bn" in name else decay).append(param)
@@ -246,20 +280,15 @@ def finetune(
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x).float()
-        sup = F.cross_entropy(logits[:batch_size], targets[li].to(device))
-        weak_u, strong_u = logits[batch_size:].chunk(2)
-        unsup, mask = fixmatch_loss(weak_u, strong_u, threshold)
-        optimizer.zero_grad(set_to_none=True)
-        (sup + unsup).backward()
-        optimizer.step()
-        ema.update_parameters(model)
-        history.append(torch.stack([sup.detach(), unsup.detach(), mask.float().mean()]))
+        history.append(_step(optimizer, logits, targets[li].to(device), threshold))
+        _update_ema(ema, model, min(ema_decay, (1 + step) / (10 + step)))
         if verbose > 0 and step % 20 == 0:
-            bar.set_postfix(sup=f"{float(sup):.3f}", mask=f"{float(mask.float().mean()):.2f}")
+            bar.set_postfix(sup=f"{float(history[-1][0]):.3f}",
+                            mask=f"{float(history[-1][2]):.2f}")
         if max_time is not None and time.perf_counter() - start > max_time:
             break
     bar.close()
     if ema_decay > 0:
-        model.load_state_dict(copy.deepcopy(ema.module.state_dict()))
+        model.load_state_dict(ema.state_dict())
     model.eval().requires_grad_(False)
     return torch.stack(history).cpu().numpy()

@@ -102,3 +102,16 @@ def test_transform_before_fit_raises():
 
     with pytest.raises(NotFittedError):
         ImageEmbedder().transform(images())
+
+
+def test_direct_form_images_in_labels_out_inside_a_pipeline():
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = images(n=20)
+    invert = FunctionTransformer(lambda x: 255 - x)  # any image-to-image step
+    pipe = make_pipeline(invert, SpiceClustering(
+        3, backbone=torch.nn.Conv2d(3, 4, 3), n_heads=2, max_epochs=1, n_weak_views=1,
+        n_strong_views=1, semi_steps=5, embed_batch_size=8, device="cpu", random_state=0))
+    labels = pipe.fit_predict(X)
+    assert labels.shape == (20,)
+    np.testing.assert_array_equal(pipe.predict(X), labels)

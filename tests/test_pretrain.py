@@ -224,7 +224,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch)
     import spice_learn.pretrain as pretrain_module
 
     reference, ref_history = _pretrain(epochs=4)
-    path = tmp_path / "ckpt" / "pretrain.pt"
+    path = tmp_path / "ckpt"
     real_save, saves = pretrain_module._save_checkpoint, []
 
     def save_then_crash(p, state):
@@ -235,18 +235,18 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch)
 
     monkeypatch.setattr(pretrain_module, "_save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        _pretrain(epochs=4, checkpoint=path)
+        _pretrain(epochs=4, checkpoint_dir=path)
     monkeypatch.setattr(pretrain_module, "_save_checkpoint", real_save)
-    resumed, history = _pretrain(epochs=4, checkpoint=path)  # epochs 3 and 4 only
+    resumed, history = _pretrain(epochs=4, checkpoint_dir=path)  # epochs 3 and 4 only
     assert history == ref_history
     for key, value in _weights(reference).items():
         assert torch.equal(resumed.module.state_dict()[key], value), key
 
 
 def test_checkpoint_of_other_settings_is_ignored(tmp_path):
-    path = tmp_path / "pretrain.pt"
-    _pretrain(seed=1, epochs=2, checkpoint=path)
-    fresh, history = _pretrain(seed=2, epochs=2, checkpoint=path)
+    _pretrain(seed=1, epochs=2, checkpoint_dir=tmp_path)
+    fresh, history = _pretrain(seed=2, epochs=2, checkpoint_dir=tmp_path)
+    assert len(list(tmp_path.glob("pretrain-*.pt"))) == 2  # one file per fingerprint
     reference, ref_history = _pretrain(seed=2, epochs=2)
     assert history == ref_history
     for key, value in _weights(reference).items():
@@ -254,11 +254,10 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
 
 
 def test_finished_checkpoint_skips_training(tmp_path, monkeypatch):
-    path = tmp_path / "pretrain.pt"
-    first, history = _pretrain(epochs=2, checkpoint=path)
+    first, history = _pretrain(epochs=2, checkpoint_dir=tmp_path)
     monkeypatch.setattr("spice_learn.pretrain.nt_xent_loss",
                         lambda *a, **k: pytest.fail("trained again"))
-    again, history2 = _pretrain(epochs=2, checkpoint=path)
+    again, history2 = _pretrain(epochs=2, checkpoint_dir=tmp_path)
     assert history2 == history
     for key, value in _weights(first).items():
         assert torch.equal(again.module.state_dict()[key], value), key
@@ -295,7 +294,7 @@ def test_pretraining_halves_the_batch_after_oom():
 def test_estimator_checkpoint_dir_reuses_pretraining(tmp_path, calls):
     params = dict(backbone="spice_convnet4", checkpoint_dir=str(tmp_path), **FAST)
     SpiceClustering(3, **params).fit(_images())
-    assert calls[0]["checkpoint"] == str(tmp_path / "pretrain.pt")
+    assert calls[0]["checkpoint_dir"] == str(tmp_path)
 
 
 @pytest.mark.parametrize("bad,error", [({"checkpoint_dir": 3}, TypeError),
