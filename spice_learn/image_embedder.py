@@ -13,8 +13,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .embedding import embed_images
 from .image_input import as_images
-from .representation import learn_representation, wants_pretraining
-from .validation import check_int, resolve_device, usable_device
+from .representation import learn_representation
+from .validation import check_int, usable_device
 
 __all__ = ["ImageEmbedder"]
 
@@ -85,33 +85,38 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
         if isinstance(self.backbone, str) and self.backbone == "precomputed":
             raise ValueError("backbone='precomputed' has no images to embed; pass a model.")
-        SpiceClustering(
+        # SpiceClustering checks the shared settings and resolves "auto" (device,
+        # pretraining); its unset pretraining parameters are the defaults used here.
+        stage1 = SpiceClustering(
             backbone=self.backbone, weights=self.weights, pretrain=self.pretrain,
             pretrain_epochs=self.pretrain_epochs, pretrain_time=self.pretrain_time,
             small_stem=self.small_stem, flip=self.flip, device=self.device,
             verbose=self.verbose,
-        )._check_params()
+        )
+        params = stage1._check_params()
         check_int(self.batch_size, "batch_size", 1)
         rng = check_random_state(self.random_state)
         build_seed, pretrain_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         images = as_images(X)
-        defaults = SpiceClustering()
         extractor, history, _ = learn_representation(
-            self.backbone, self.weights, images,
-            pretrain=wants_pretraining(self.pretrain, self.backbone, self.weights),
+            self.backbone, self.weights, images, pretrain=params["pretrain"],
             small_stem=self.small_stem, flip=self.flip, build_seed=build_seed,
-            pretrain_seed=pretrain_seed, device=resolve_device(self.device),
+            pretrain_seed=pretrain_seed, device=params["device"],
             verbose=self.verbose, max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
-            batch_size=defaults.pretrain_batch_size,
-            learning_rate=defaults.pretrain_learning_rate, temperature=defaults.temperature,
-            projection_dim=defaults.projection_dim,
+            batch_size=stage1.pretrain_batch_size,
+            learning_rate=stage1.pretrain_learning_rate, temperature=stage1.temperature,
+            projection_dim=stage1.projection_dim,
         )
         extractor.module.cpu()
         self.backbone_ = extractor
         self.pretrain_history_ = np.asarray(history, dtype=float)
         self.n_features_out_ = int(extractor.feature_dim)
-        self._n_features_out = self.n_features_out_
         return self
+
+    @property
+    def _n_features_out(self):
+        """Number of output features (for ``get_feature_names_out``)."""
+        return self.n_features_out_
 
     def transform(self, X):
         """Embeddings of images ``X``, float32 of shape ``(n_samples, D)``, L2-normalised."""
