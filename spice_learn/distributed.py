@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["setup", "is_distributed", "world_size", "rank", "is_main_process",
+__all__ = ["launched_with_torchrun", "setup", "is_distributed", "world_size", "rank", "is_main_process",
            "shard_range", "all_gather_rows", "gather_with_grad", "broadcast_module",
            "broadcast_object", "synced_batchnorm", "wrap_ddp"]
 
