@@ -15,7 +15,12 @@ from spice_learn.augment import strong_transform, weak_transform
 from spice_learn.backbones import build_backbone
 from spice_learn.embedding import embed_views
 from spice_learn.heads import MultiHeadClassifier
-from spice_learn.pretrain import ProjectionHead, SimCLRNet, contrastive_loss, pretrain_simclr
+from spice_learn.pretrain import (
+    ProjectionHead,
+    SimCLRNet,
+    contrastive_loss,
+    pretrain_simclr,
+)
 from spice_learn.spice_semi import finetune
 
 CPU = torch.device("cpu")

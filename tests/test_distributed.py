@@ -20,6 +20,7 @@ What is compared, and the tolerances (float32 everywhere, see
 * the two ranks: bit-identical results (every rank ends with the same model).
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -78,11 +79,12 @@ def _free_port():
 def runs(tmp_path_factory):
     """Results of the job in two gloo processes (rank 0 and 1) and in this one."""
     out = tmp_path_factory.mktemp("ddp")
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": f"{Path(distributed.__file__).parents[1]}"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                f"--master_port={_free_port()}", str(HERE / "_distributed_job.py"), str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
+                          check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     sys.path.insert(0, str(HERE))
     import _distributed_job
