@@ -80,17 +80,28 @@ class BatchAugment:
     cutout_size: float = 0.0
     padding_mode: str = "reflection"
 
-    def __call__(self, images, generator):
-        """Augment ``images`` ``(B, 3, H, W)`` float in [0, 1]; returns ``(B, 3, *size)``."""
-        b, device = images.shape[0], images.device
+    def __call__(self, images, generator, rows=None):
+        """Augment ``images`` ``(B, 3, H, W)`` float in [0, 1]; returns ``(B, 3, *size)``.
+
+        ``rows=(start, stop, total)``: ``images`` are rows ``start:stop`` of a
+        batch of ``total`` (one process's shard under torchrun). The random
+        parameters are drawn for all ``total`` rows and sliced, so the shards of
+        all processes together get exactly the augmentation of the whole batch
+        in one process, and ``generator`` advances the same way on every process.
+        """
+        device = images.device
+        start, stop, total = rows if rows is not None else (0, images.shape[0], images.shape[0])
+
+        def draw(sampler, *shape):
+            return sampler((total, *shape), generator=generator)[start:stop].to(device)
 
         def uniform(lo, hi, *shape):
-            return torch.rand((b, *shape), generator=generator).to(device) * (hi - lo) + lo
+            return draw(torch.rand, *shape) * (hi - lo) + lo
 
         x = self._geometry(images, uniform)
         x = self._colour(x, uniform)
         if self.noise > 0:
-            x = x + self.noise * torch.randn(x.shape, generator=generator).to(device)
+            x = x + self.noise * draw(torch.randn, *x.shape[1:])
         if self.cutout_p > 0 and self.cutout_size > 0:
             x = self._cutout(x, uniform)
         return x.clamp_(0.0, 1.0)

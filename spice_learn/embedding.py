@@ -15,10 +15,13 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
+
+from . import distributed
 
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
            "halve_after_oom", "isolated_rng"]
@@ -108,9 +111,17 @@ def embed_views(
     dtype : torch.dtype
         Storage type of the result (float32 or float16).
     seed : int
-        Seed of the augmentations (the global RNG state is restored).
+        Seed of the augmentations (the global RNG state is restored). The
+        images are augmented in blocks of ``batch_size``, block ``j`` with the
+        global RNG seeded from ``(seed, j)`` (block 0 with ``seed`` itself), so
+        that a block's views do not depend on the blocks before it.
     verbose : int
         Show a tqdm bar when > 0.
+
+    Under torchrun each process embeds a contiguous share of whole blocks
+    (:func:`~spice_learn.distributed.shard_range`) and the shares are gathered:
+    every process returns the embeddings of all images, in the order and with
+    the augmentations of a one-process run.
 
     Returns
     -------
@@ -118,43 +129,70 @@ def embed_views(
         L2-normalised embeddings.
     """
     module = extractor.module.to(device).eval()
-    amp = autocast_dtype(device)
     module = module.to(memory_format=torch.channels_last)
-    mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
-    n = images.shape[0]
-    out = torch.empty((len(transforms), n, extractor.feature_dim), dtype=dtype)
-    size = list(extractor.input_size)
-    bar = tqdm(total=n * len(transforms), desc=desc, unit="img", disable=verbose <= 0)
+    lo, hi = distributed.shard_range(images.shape[0], block=batch_size)
+    out = torch.empty((len(transforms), hi - lo, extractor.feature_dim), dtype=dtype)
+    bar = tqdm(total=(hi - lo) * len(transforms), desc=desc, unit="img",
+               disable=verbose <= 0 or not distributed.is_main_process())
+    forward = _Forward(extractor, module, device)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores it
-        start = 0
-        while start < n:
-            batch = images[start : start + batch_size]
-            if list(batch.shape[-2:]) != size:
-                batch = TF.resize(batch, size, antialias=True)
-            views = [batch if t is None else _per_image(t, batch) for t in transforms]
-            out_of_memory = False
-            try:
-                for v, view in enumerate(views):
-                    x = view.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        feats = module(x)
-                    feats = F.normalize(feats.float().flatten(1), dim=1)
-                    out[v, start : start + batch.shape[0]] = feats.to("cpu", dtype)
-            except torch.cuda.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                out_of_memory = True
-            if out_of_memory:  # outside the handler, so the failed pass's tensors are freed
-                x = feats = None
-                batch_size = halve_after_oom(batch_size, device, "embedding")
-                continue  # the same images again, in smaller batches
-            bar.update(batch.shape[0] * len(views))
-            start += batch.shape[0]
+        for start in range(lo, hi, batch_size):  # CPU RNG only: fork_rng restores it
+            torch.default_generator.manual_seed(_block_seed(seed, start // batch_size))
+            block = images[start : min(start + batch_size, hi)]
+            if list(block.shape[-2:]) != list(extractor.input_size):
+                block = TF.resize(block, list(extractor.input_size), antialias=True)
+            for v, t in enumerate(transforms):
+                view = block if t is None else _per_image(t, block)
+                out[v, start - lo : start - lo + len(block)] = forward(view, dtype)
+                bar.update(len(block))
     bar.close()
-    return out
+    if not distributed.is_distributed():
+        return out
+    return torch.stack([distributed.all_gather_rows(view) for view in out])
+
+
+def _block_seed(seed, block):
+    """Seed of block ``block`` of :func:`embed_views`; block 0 keeps ``seed``, so
+    results for at most ``batch_size`` images are those of earlier versions."""
+    if block == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _Forward:
+    """L2-normalised features of a batch of uint8 images, on the CPU; halves its
+    batch on a CUDA out-of-memory error and goes on (with a warning)."""
+
+    def __init__(self, extractor, module, device):
+        self.module, self.device, self.amp = module, device, autocast_dtype(device)
+        self.mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
+        self.batch_size = None
+
+    def __call__(self, images, dtype):
+        self.batch_size = self.batch_size or len(images)
+        parts, start = [], 0
+        while start < len(images):
+            batch = images[start : start + self.batch_size]
+            try:
+                parts.append(self._embed(batch, dtype))
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                parts.append(None)
+            if parts[-1] is None:  # outside the handler, so the failed pass's tensors are freed
+                parts.pop()
+                self.batch_size = halve_after_oom(self.batch_size, self.device, "embedding")
+                continue  # the same images again, in smaller batches
+            start += len(batch)
+        return torch.cat(parts)
+
+    def _embed(self, batch, dtype):
+        x = batch.to(self.device, non_blocking=True).float().div_(255)
+        x = x.sub_(self.mean).div_(self.std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            feats = self.module(x)
+        return F.normalize(feats.float().flatten(1), dim=1).to("cpu", dtype)
 
 
 def halve_after_oom(batch_size, device, what):

@@ -20,6 +20,7 @@ from sklearn.base import (
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from . import distributed
 from .augment import feature_views, strong_transform, weak_transform
 from .backbones import FeatureExtractor, check_model_name
 from .embedding import ViewCache, cache_nbytes, embed_images, embed_views
@@ -342,14 +343,18 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 "random_state must be None, an int or a numpy RandomState; got "
                 f"{self.random_state!r}."
             ) from None
-        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=5)]
-        device = params["device"]
+        # Under torchrun: join the process group, one GPU per process, rank 0's seeds
+        # (random_state=None would draw other ones in each process), rank 0 reports.
+        device = params["device"] = distributed.setup(params["device"])
+        seeds = distributed.broadcast_object(
+            [int(s) for s in rng.randint(0, 2**31 - 1, size=5)])
+        verbose = self.verbose if distributed.is_main_process() else 0
         precomputed = isinstance(self.backbone, str) and self.backbone == "precomputed"
 
         start = time.perf_counter()
 
         def log(message):
-            if self.verbose > 0:
+            if verbose > 0:
                 print(f"[SpiceClustering {time.perf_counter() - start:7.1f} s] {message}",
                       file=sys.stderr, flush=True)
 
@@ -367,7 +372,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             extractor, pretrain_history, flip = learn_representation(
                 self.backbone, self.weights, images, pretrain=params["pretrain"],
                 small_stem=self.small_stem, flip=self.flip, build_seed=seeds[0],
-                pretrain_seed=seeds[3], device=device, verbose=self.verbose,
+                pretrain_seed=seeds[3], device=device, verbose=verbose,
                 max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
                 batch_size=self.pretrain_batch_size, learning_rate=self.pretrain_learning_rate,
                 temperature=self.temperature, projection_dim=self.projection_dim,
@@ -376,7 +381,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             if params["pretrain"]:
                 log(f"stage 1: {len(pretrain_history)} SimCLR epochs on "
                     f"{images.shape[0]} images, final loss {pretrain_history[-1]:.4f}")
-            cache = _image_cache(extractor, images, params, flip, seeds[1], self.verbose)
+            cache = _image_cache(extractor, images, params, flip, seeds[1], verbose)
             n_views = 1 + params["n_weak_views"] + params["n_strong_views"]
             log(f"embedded {images.shape[0]} images x {n_views} views with {extractor.name}")
 
@@ -387,8 +392,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             batch_size=params["batch_size"], minibatch_size=params["minibatch_size"],
             max_epochs=self.max_epochs, learning_rate=self.learning_rate,
             confidence_ratio=self.confidence_ratio, entropy_weight=params["entropy_weight"],
-            seed=seeds[2], device=device, verbose=self.verbose,
+            seed=seeds[2], device=device, verbose=verbose,
         )
+        distributed.broadcast_module(heads)  # identical on every process, whatever the GPU
         losses = head_selection_losses(heads, cache, confidence_ratio=self.confidence_ratio)
         best = int(np.argmin(losses))
         classifier = heads.select([best])
@@ -414,11 +420,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             else:
                 classifier, semi_history = self._refine(
                     params, cache, classifier, extractor, images, self_labels, reliable,
-                    flip, seeds[4],
+                    flip, seeds[4], verbose,
                 )
                 if params["semi"] == "finetune":  # the backbone changed: embed again
                     features = embed_images(extractor, images, batch_size=self.embed_batch_size,
-                                            device=device, verbose=self.verbose)
+                                            device=device, verbose=verbose)
                 probs = head_probabilities(classifier, features)
                 changed = (probs[0].argmax(dim=1).cpu().numpy() != self_labels).mean()
                 log(f"SPICE-Semi ({params['semi']}): {reliable.mean():.1%} reliable samples, "
@@ -502,7 +508,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         params = {"n_weak_views": 1, "n_strong_views": 1, "cache_dtype": "float32",
                   "embed_batch_size": self.embed_batch_size,
-                  "device": usable_device(self.device)}
+                  "device": distributed.setup(usable_device(self.device))}
         if self.backbone_ is None:
             features = torch.from_numpy(self._check_features(X))
             cache = _feature_cache(features, params, seed)
@@ -526,18 +532,24 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         return tags
 
     def _refine(self, params, cache, classifier, extractor, images, labels, reliable, flip,
-                seed):
-        """SPICE-Semi: returns the refined one-head classifier and its history."""
+                seed, verbose):
+        """SPICE-Semi: returns the refined one-head classifier and its history.
+
+        Under torchrun the "head" mode runs in every process on the same cache
+        and seed, and rank 0's result is broadcast (GPUs need not compute
+        bit-identical results); "finetune" is trained in DistributedDataParallel.
+        """
         common = dict(
             n_steps=self.semi_steps, batch_size=self.semi_batch_size, mu=self.semi_mu,
             threshold=self.semi_threshold, learning_rate=params["semi_learning_rate"],
-            seed=seed, device=params["device"], max_time=self.semi_time, verbose=self.verbose,
+            seed=seed, device=params["device"], max_time=self.semi_time, verbose=verbose,
         )
         if params["semi"] == "head":
-            return train_semi_head(
+            head, history = train_semi_head(
                 cache, labels, reliable, n_clusters=self.n_clusters,
                 hidden_dim=self.hidden_dim or cache.original.shape[1], **common,
             )
+            return distributed.broadcast_module(head), history
         history = finetune(extractor, classifier, images, labels, reliable,
                            ema_decay=self.ema_decay, flip=flip, **common)
         return classifier, history
@@ -577,11 +589,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         if self.backbone_ is None:
             return F.normalize(torch.from_numpy(self._check_features(X)), dim=1)
         images = as_images(X)
-        device = usable_device(self.device)
+        device = distributed.setup(usable_device(self.device))
         try:
             return embed_images(
                 self.backbone_, images, batch_size=self.embed_batch_size, device=device,
-                verbose=self.verbose,
+                verbose=self.verbose if distributed.is_main_process() else 0,
             )
         finally:
             self.backbone_.module.cpu()

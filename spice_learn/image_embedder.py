@@ -11,6 +11,7 @@ from sklearn.base import (
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from . import distributed
 from .embedding import embed_images
 from .image_input import as_images
 from .representation import learn_representation
@@ -98,11 +99,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         rng = check_random_state(self.random_state)
         build_seed, pretrain_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         images = as_images(X)
+        device = distributed.setup(params["device"])  # under torchrun: this process's GPU
+        build_seed, pretrain_seed = distributed.broadcast_object([build_seed, pretrain_seed])
         extractor, history, _ = learn_representation(
             self.backbone, self.weights, images, pretrain=params["pretrain"],
             small_stem=self.small_stem, flip=self.flip, build_seed=build_seed,
-            pretrain_seed=pretrain_seed, device=params["device"],
-            verbose=self.verbose, max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
+            pretrain_seed=pretrain_seed, device=device,
+            verbose=self.verbose if distributed.is_main_process() else 0, max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
             batch_size=stage1.pretrain_batch_size,
             learning_rate=stage1.pretrain_learning_rate, temperature=stage1.temperature,
             projection_dim=stage1.projection_dim,
@@ -124,7 +127,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         images = as_images(X)
         try:
             return embed_images(self.backbone_, images, batch_size=self.batch_size,
-                                device=usable_device(self.device), verbose=self.verbose).numpy()
+                                device=distributed.setup(usable_device(self.device)),
+                                verbose=self.verbose if distributed.is_main_process() else 0,
+                                ).numpy()
         finally:
             self.backbone_.module.cpu()
 

@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batch_augment import contrastive_augment
 from .embedding import autocast_dtype, halve_after_oom, isolated_rng
 
@@ -60,6 +61,40 @@ def nt_xent_loss(z1, z2, temperature):
     logits.fill_diagonal_(float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, targets)
+
+
+def contrastive_loss(net, views, temperature):
+    """NT-Xent of the global batch, from this process's rows of the two views.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Backbone and projection head (possibly wrapped in DistributedDataParallel).
+    views : list of two torch.Tensor of shape (b, 3, H, W)
+        This process's rows of the two augmented views of the global batch.
+    temperature : float
+
+    Under torchrun the projections of all processes are gathered (gradients
+    flow back to their owners) and every process computes the same loss over
+    the whole global batch, so the gradient DistributedDataParallel averages is
+    the one-process gradient (see :mod:`spice_learn.distributed`).
+    """
+    z = net(torch.cat(views))
+    n = views[0].shape[0]
+    z1, z2 = distributed.gather_with_grad(z[:n]), distributed.gather_with_grad(z[n:])
+    with torch.autocast(z.device.type, enabled=False):  # the loss in float32
+        return nt_xent_loss(z1, z2, temperature)
+
+
+class SimCLRNet(nn.Module):
+    """Backbone followed by the projection head (one module for DDP to wrap)."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x):
+        return self.head(self.backbone(x).flatten(1))
 
 
 class ProjectionHead(nn.Sequential):
@@ -112,7 +147,20 @@ def pretrain_simclr(
         run ends with exactly the weights of an uninterrupted one.
 
     On a CUDA out-of-memory error the batch is halved and training goes on
-    (with a warning).
+    (with a warning); under torchrun the error is raised instead (the processes
+    would have to agree on the new size).
+
+    Under torchrun (an initialised process group of ``W`` processes) each
+    process trains on its contiguous ``1 / W`` of every global batch of
+    ``batch_size`` images: the permutation, the augmentation parameters (drawn
+    for the whole batch on every process, see
+    :class:`~spice_learn.batch_augment.BatchAugment`), the steps and the
+    learning-rate schedule are those of one process, BatchNorm layers use the
+    statistics of the global batch (:func:`~spice_learn.distributed.synced_batchnorm`)
+    and the loss is NT-Xent over the gathered batch (:func:`contrastive_loss`),
+    so the result equals a one-process run up to floating-point rounding. With a
+    time budget, rank 0's clock decides; only rank 0 shows progress and writes
+    checkpoints.
 
     Returns
     -------
@@ -145,6 +193,10 @@ def _pretrain_simclr(
     amp = autocast_dtype(device, bf16_only=True)
     n = images.shape[0]
     batch = min(batch_size, n)
+    world = distributed.world_size()
+    if batch < world:
+        raise ValueError(f"batch_size (pretrain_batch_size) must be at least the number of "
+                         f"processes ({world}); got {batch} images per step.")
     history, spent, checkpoint = [], 0.0, None
     if checkpoint_dir is not None:
         fingerprint = _fingerprint(images, extractor, max_epochs, max_time, batch_size,
@@ -159,10 +211,42 @@ def _pretrain_simclr(
             gen.set_state(state["generator"])
             history, spent, batch = list(state["history"]), float(state["spent"]), state["batch"]
     start = time.perf_counter() - spent
-    bar = tqdm(range(max_epochs), desc="pretraining (SimCLR)", unit="epoch", disable=verbose <= 0,
-               initial=len(history))
+
+    def elapsed():  # rank 0's clock, so that every process takes the same decisions
+        return distributed.broadcast_object(time.perf_counter() - start)
+
+    net = distributed.wrap_ddp(SimCLRNet(module, head), device)
+    main = distributed.is_main_process()
+    bar = tqdm(range(max_epochs), desc="pretraining (SimCLR)", unit="epoch",
+               disable=verbose <= 0 or not main, initial=len(history))
+    with distributed.synced_batchnorm(net):
+        _train_epochs(
+            net, optimizer, images, gen, augment, mean, std, amp, device, history, bar,
+            elapsed=elapsed, batch=batch, size=size, max_epochs=max_epochs, max_time=max_time,
+            learning_rate=learning_rate, temperature=temperature, verbose=verbose,
+            checkpoint=checkpoint if main else None,
+            checkpoint_state=lambda: {
+                "fingerprint": fingerprint, "module": module.state_dict(),
+                "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(), "history": history,
+                "spent": time.perf_counter() - start,
+            },
+        )
+    bar.close()
+    module.eval().requires_grad_(False)
+    return history
+
+
+def _train_epochs(
+    net, optimizer, images, gen, augment, mean, std, amp, device, history, bar, *, elapsed,
+    batch, size, max_epochs, max_time, learning_rate, temperature, verbose, checkpoint,
+    checkpoint_state,
+):
+    """The epochs of :func:`pretrain_simclr` from ``len(history)`` on; appends to
+    ``history`` and saves ``checkpoint_state()`` (plus the batch) after each epoch."""
+    n = images.shape[0]
     for epoch in range(len(history), max_epochs):
-        if history and max_time is not None and time.perf_counter() - start > max_time:
+        if history and max_time is not None and elapsed() > max_time:
             break  # a resumed run whose budget is spent (a fresh run does one step at least)
         perm = torch.randperm(n, generator=gen)
         losses, b = [], 0
@@ -171,53 +255,46 @@ def _pretrain_simclr(
             progress = (epoch + b / steps_per_epoch) / max_epochs
             if max_time:  # None or 0: no time-based schedule
                 # With a time budget the schedule follows whichever runs out first.
-                progress = max(progress, (time.perf_counter() - start) / max_time)
+                progress = max(progress, elapsed() / max_time)
             lr = 0.5 * learning_rate * (1 + math.cos(math.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = images[perm[b * batch : (b + 1) * batch]]
+            idx = perm[b * batch : (b + 1) * batch]
+            lo, hi = distributed.shard_range(len(idx))
+            x = images[idx[lo:hi]]
             if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
                 x = TF.resize(x, size, antialias=True)
             out_of_memory = False
             try:
                 x = x.to(device, non_blocking=True).float().div_(255)
-                views = [((augment(x, gen) - mean) / std)
+                views = [((augment(x, gen, rows=(lo, hi, len(idx))) - mean) / std)
                          .contiguous(memory_format=torch.channels_last) for _ in range(2)]
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    z = head(module(torch.cat(views)).flatten(1))
-                loss = nt_xent_loss(z[: len(x)], z[len(x) :], temperature)
+                    loss = contrastive_loss(net, views, temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             except torch.cuda.OutOfMemoryError:
-                if batch <= 2:
+                if batch <= 2 or distributed.is_distributed():
                     raise
                 out_of_memory = True
             if out_of_memory:  # outside the handler, so the failed step's tensors are freed
                 optimizer.zero_grad(set_to_none=True)
-                x = views = z = loss = None
+                x = views = loss = None
                 position = b * batch
                 batch = halve_after_oom(batch, device, "pretraining")
                 b = position // batch  # the same place in the epoch, in smaller steps
                 continue
             losses.append(loss.detach())
             b += 1
-            if max_time is not None and time.perf_counter() - start > max_time:
+            if max_time is not None and elapsed() > max_time:
                 break
         history.append(float(torch.stack(losses).mean()))
         bar.update(1)
         if verbose > 0:
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, {
-                "fingerprint": fingerprint, "module": module.state_dict(),
-                "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": gen.get_state(), "history": history,
-                "spent": time.perf_counter() - start, "batch": batch,
-            })
-    bar.close()
-    module.eval().requires_grad_(False)
-    return history
+            _save_checkpoint(checkpoint, {**checkpoint_state(), "batch": batch})
 
 
 def _fingerprint(images, extractor, *settings):

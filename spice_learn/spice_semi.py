@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batch_augment import contrastive_augment, weak_augment
 from .embedding import autocast_dtype, isolated_rng
 from .heads import MultiHeadClassifier
@@ -65,17 +66,30 @@ def fixmatch_loss(logits_weak, logits_strong, threshold):
     return (ce * mask).mean(), mask
 
 
-def _step(optimizer, logits, labelled_targets, threshold):
+def _step(optimizer, logits, labelled_targets, threshold, shares=None):
     """One update with the loss of Eq. 6 on ``logits`` ordered as ``[labelled weak;
-    unlabelled weak; unlabelled strong]``; returns (supervised, unlabelled, mask share)."""
+    unlabelled weak; unlabelled strong]``; returns (supervised, unlabelled, mask share).
+
+    ``shares`` (under torchrun): this process's share of the labelled and of the
+    unlabelled samples of the global batch, times the number of processes
+    (``W * n_local / n_global``). The two means are weighted
+    by them so that the gradient DistributedDataParallel averages over the
+    processes is the gradient of the global batch's loss; the returned
+    statistics are those of the global batch."""
     n_labelled = len(labelled_targets)
     sup = F.cross_entropy(logits[:n_labelled], labelled_targets)
     weak_u, strong_u = logits[n_labelled:].chunk(2)
     unsup, mask = fixmatch_loss(weak_u, strong_u, threshold)
     optimizer.zero_grad(set_to_none=True)
-    (sup + unsup).backward()
+    w_sup, w_unsup = shares or (1.0, 1.0)  # x * 1.0 == x: one process is unchanged
+    (sup * w_sup + unsup * w_unsup).backward()
     optimizer.step()
-    return torch.stack([sup.detach(), unsup.detach(), mask.float().mean()])
+    stats = torch.stack([sup.detach(), unsup.detach(), mask.float().mean()])
+    if shares is not None:
+        weights = torch.tensor([shares[0], shares[1], shares[1]], device=stats.device)
+        gathered = distributed.all_gather_rows((stats * weights)[None])
+        stats = gathered.sum(0) / distributed.world_size()
+    return stats
 
 
 @torch.no_grad()
@@ -92,10 +106,15 @@ def _update_ema(ema, model, decay):
             e.copy_(p)
 
 
+def _elapsed(start):
+    """Seconds since ``start`` by rank 0's clock (the same decision on every process)."""
+    return distributed.broadcast_object(time.perf_counter() - start)
+
+
 def _cosine_lr(base, step, n_steps, start, max_time):
     progress = step / n_steps
     if max_time:
-        progress = max(progress, (time.perf_counter() - start) / max_time)
+        progress = max(progress, _elapsed(start) / max_time)
     # FixMatch's schedule: cos(7 pi t / 16) never reaches 0.
     return base * math.cos(7 * math.pi * min(progress, 1.0) / 16)
 
@@ -173,7 +192,7 @@ def train_semi_head(
         ]).to(device).float()
         logits = head(x)[0]
         history.append(_step(optimizer, logits, targets[li.to(device)], threshold))
-        if max_time is not None and time.perf_counter() - start > max_time:
+        if max_time is not None and _elapsed(start) > max_time:
             break
     bar.close()
     return head.eval(), torch.stack(history).cpu().numpy()
@@ -225,6 +244,14 @@ def finetune(
         Wall-clock budget in seconds.
     verbose : int
 
+    Under torchrun (``W`` processes) each process trains on its contiguous
+    ``1 / W`` of the labelled and of the unlabelled samples of every global
+    batch (drawn, with their augmentations, by the same generator on every
+    process), in DistributedDataParallel with the global batch's BatchNorm
+    statistics and the loss weighting of :func:`_step`: the steps equal those
+    of one process up to floating-point rounding. ``batch_size`` must be at
+    least ``W``; only rank 0 shows progress.
+
     Returns
     -------
     history : ndarray of shape (n_steps_done, 3)
@@ -262,6 +289,17 @@ def _finetune(
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     n = images.shape[0]
+    world = distributed.world_size()
+    if batch_size < world:
+        raise ValueError(f"batch_size (semi_batch_size) must be at least the number of "
+                         f"processes ({world}); got {batch_size}.")
+    shards = [distributed.shard_range(batch_size), distributed.shard_range(mu * batch_size)]
+    shares = None
+    if distributed.is_distributed():
+        shares = tuple(world * (hi - lo) / total
+                       for (lo, hi), total in zip(shards, (batch_size, mu * batch_size)))
+    (l_lo, l_hi), (u_lo, u_hi) = shards
+    rows_l, rows_u = (l_lo, l_hi, batch_size), (u_lo, u_hi, mu * batch_size)
 
     def load(idx):
         x = images[idx]
@@ -270,23 +308,28 @@ def _finetune(
         return x.to(device, non_blocking=True).float().div_(255)
 
     history, start = [], time.perf_counter()
-    bar = tqdm(range(n_steps), desc="SPICE-Semi (finetune)", unit="step", disable=verbose <= 0)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
-        li, ui = _draw(reliable_idx, n, batch_size, mu, gen)
-        xl, xu = load(li), load(ui)
-        x = torch.cat([weak(xl, gen), weak(xu, gen), strong(xu, gen)])
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x).float()
-        history.append(_step(optimizer, logits, targets[li].to(device), threshold))
-        _update_ema(ema, model, min(ema_decay, (1 + step) / (10 + step)))
-        if verbose > 0 and step % 20 == 0:
-            bar.set_postfix(sup=f"{float(history[-1][0]):.3f}",
-                            mask=f"{float(history[-1][2]):.2f}")
-        if max_time is not None and time.perf_counter() - start > max_time:
-            break
+    net = distributed.wrap_ddp(model, device)
+    bar = tqdm(range(n_steps), desc="SPICE-Semi (finetune)", unit="step",
+               disable=verbose <= 0 or not distributed.is_main_process())
+    with distributed.synced_batchnorm(net):
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
+            li, ui = _draw(reliable_idx, n, batch_size, mu, gen)
+            li, ui = li[l_lo:l_hi], ui[u_lo:u_hi]  # this process's rows
+            xl, xu = load(li), load(ui)
+            x = torch.cat([weak(xl, gen, rows_l), weak(xu, gen, rows_u),
+                           strong(xu, gen, rows_u)])
+            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = net(x).float()
+            history.append(_step(optimizer, logits, targets[li].to(device), threshold, shares))
+            _update_ema(ema, model, min(ema_decay, (1 + step) / (10 + step)))
+            if verbose > 0 and step % 20 == 0:
+                bar.set_postfix(sup=f"{float(history[-1][0]):.3f}",
+                                mask=f"{float(history[-1][2]):.2f}")
+            if max_time is not None and _elapsed(start) > max_time:
+                break
     bar.close()
     if ema_decay > 0:
         model.load_state_dict(ema.state_dict())

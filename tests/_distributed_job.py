@@ -1,0 +1,127 @@
+"""The work tests/test_distributed.py runs in one process and under
+``torchrun --nproc_per_node=2`` (gloo, CPU): ``python _distributed_job.py OUT``
+saves each rank's results to ``OUT/rank<r>.pt``."""
+
+import sys
+
+import numpy as np
+import torch
+
+import spice_learn.embedding
+import spice_learn.pretrain
+import spice_learn.spice_semi
+from spice_learn import SpiceClustering, distributed
+from spice_learn.augment import strong_transform, weak_transform
+from spice_learn.backbones import build_backbone
+from spice_learn.embedding import embed_views
+from spice_learn.heads import MultiHeadClassifier
+from spice_learn.pretrain import (
+    ProjectionHead,
+    SimCLRNet,
+    contrastive_loss,
+    pretrain_simclr,
+)
+from spice_learn.spice_semi import finetune
+
+CPU = torch.device("cpu")
+
+
+def pattern_images(n=64, size=12, seed=0):
+    """Four kinds of bars and squares with noise, uint8 ``(n, 3, size, size)``."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 40, (n, 3, size, size))
+    for i in range(n):
+        kind, o = i % 4, rng.integers(0, 3)
+        if kind == 0:
+            x[i, :, 2 + o : 4 + o, 1:-1] += 200
+        elif kind == 1:
+            x[i, :, 1:-1, 2 + o : 4 + o] += 200
+        elif kind == 2:
+            x[i, :, 3:9, 3:9] += 200
+        else:
+            x[i, :, np.arange(size), np.arange(size)] += 200
+    return torch.from_numpy(x.clip(0, 255).astype(np.uint8))
+
+
+def _weights(*modules):
+    return [v.detach().clone() for m in modules for v in m.state_dict().values()]
+
+
+def gradient_of_one_step():
+    """Parameter gradients of one NT-Xent step on a global batch of 8 views."""
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
+    torch.manual_seed(0)
+    net = SimCLRNet(extractor.module.train().requires_grad_(True),
+                    ProjectionHead(extractor.feature_dim, 8))
+    gen = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 12, 12, generator=gen) for _ in range(2)]
+    lo, hi = distributed.shard_range(8)
+    ddp = distributed.wrap_ddp(net, CPU)
+    with distributed.synced_batchnorm(ddp):
+        loss = contrastive_loss(ddp, [v[lo:hi] for v in views], 0.5)
+        loss.backward()
+    return {"loss": loss.detach(), "grads": [p.grad.clone() for p in net.parameters()],
+            "running": _weights(net)}
+
+
+def pretraining():
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
+    history = pretrain_simclr(
+        extractor, pattern_images(), max_epochs=3, max_time=None, batch_size=32,
+        learning_rate=3e-3, temperature=0.5, projection_dim=16, flip=False, seed=0, device=CPU)
+    return {"history": history, "weights": _weights(extractor.module)}
+
+
+def finetuning():
+    images = pattern_images(n=32, seed=1)
+    labels = np.arange(32) % 4
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
+    head = MultiHeadClassifier(1, extractor.feature_dim, 16, 4,
+                               generator=torch.Generator().manual_seed(0))
+    history = finetune(extractor, head, images, labels, np.arange(32) % 3 > 0, n_steps=6,
+                       batch_size=6, mu=2, threshold=0.3, learning_rate=0.05, ema_decay=0.0,
+                       flip=False, seed=2, device=CPU)
+    return {"history": history, "weights": _weights(extractor.module, head)}
+
+
+def embedding():
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
+    transforms = [None, weak_transform((12, 12), flip=False),
+                  strong_transform((12, 12), flip=False)]
+    return {"views": embed_views(extractor, pattern_images(n=40), transforms, batch_size=16,
+                                 device=CPU, seed=3)}
+
+
+def estimator():
+    model = SpiceClustering(
+        4, pretrain_epochs=2, pretrain_batch_size=32, projection_dim=16, n_heads=2,
+        max_epochs=3, n_weak_views=1, n_strong_views=1, semi="finetune", semi_steps=4,
+        semi_batch_size=8, semi_mu=2, reliability_threshold=0.5, n_neighbors=5,
+        embed_batch_size=32, random_state=0,
+    ).fit(pattern_images(n=48, size=16, seed=2))
+    return {"labels": model.labels_, "pretrain_history": model.pretrain_history_,
+            "backbone": _weights(model.backbone_.module),
+            "classifier": _weights(model.classifier_),
+            "predict": model.predict(pattern_images(n=20, size=16, seed=3))}
+
+
+def float32_only():
+    """No bfloat16 autocast (CPUs with AVX512-BF16 or AMX would use it): with
+    bfloat16 rounding the runs would agree only to about 1e-2, and Adam's first
+    steps, ``lr * sign(gradient)``, flip on that noise."""
+    for module in (spice_learn.embedding, spice_learn.pretrain, spice_learn.spice_semi):
+        module.autocast_dtype = lambda *args, **kwargs: None
+
+
+def run_all():
+    torch.set_num_threads(1)
+    float32_only()
+    return {"world_size": distributed.world_size(), "gradient": gradient_of_one_step(),
+            "pretraining": pretraining(), "finetuning": finetuning(),
+            "embedding": embedding(), "estimator": estimator()}
+
+
+if __name__ == "__main__":
+    distributed.setup(CPU)  # joins the gloo group that torchrun describes
+    results = run_all()
+    torch.save(results, f"{sys.argv[1]}/rank{distributed.rank()}.pt")

@@ -1,0 +1,150 @@
+"""Several processes: sharding helpers, and a 2-process gloo run on the CPU
+(``torchrun --nproc_per_node=2``) against the same work in one process.
+
+What is compared, and the tolerances (float32 everywhere, see
+``_distributed_job.float32_only``):
+
+* the gradient of one NT-Xent step through DDP, the gathered projections and
+  the global-batch BatchNorm: to 1e-4 of each tensor's largest entry (measured
+  5e-6; a gradient off by the factor W = 2 fails);
+* the embeddings of the original and augmented views: equal to 1e-6 (the
+  shards are whole blocks, so the same batches run in both);
+* the loss per SimCLR epoch to 0.02 (measured 4e-3): the first step agrees to
+  1e-6, but AdamW's first update is ``lr * sign(gradient)``, and gradients that
+  are zero up to rounding (dead channels) flip sign between summation orders,
+  so weights drift apart by ``2 * lr`` in a few entries and the losses slowly;
+* SPICE-Semi finetune (SGD): losses to 0.01 and weights to 0.1 of each tensor's
+  largest entry (measured 1.3e-3 and 2.7e-2; thresholded confidences make it
+  discontinuous);
+* the estimator: identical labels and predictions on this easy problem;
+* the two ranks: bit-identical results (every rank ends with the same model).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spice_learn import distributed
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 64, 101])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+@pytest.mark.parametrize("block", [1, 4, 32])
+def test_shard_ranges_cover_every_item_once_in_order(n, world, block):
+    ranges = [distributed.shard_range(n, rank=r, world_size=world, block=block)
+              for r in range(world)]
+    assert [i for lo, hi in ranges for i in range(lo, hi)] == list(range(n))
+    assert all(lo % block == 0 or lo == n for lo, _ in ranges)  # boundaries on blocks
+    sizes = [-(-(hi - lo) // block) for lo, hi in ranges]  # blocks per rank
+    assert max(sizes) - min(sizes) <= 1  # balanced
+
+
+def test_shard_range_of_one_process_is_everything():
+    assert distributed.shard_range(10) == (0, 10)
+    assert distributed.world_size() == 1 and distributed.rank() == 0
+    assert distributed.is_main_process() and not distributed.is_distributed()
+
+
+def test_helpers_are_identities_without_a_process_group():
+    x = torch.randn(5, 3, requires_grad=True)
+    assert distributed.all_gather_rows(x) is x and distributed.gather_with_grad(x) is x
+    assert distributed.broadcast_object([1, 2]) == [1, 2]
+    bn = torch.nn.BatchNorm1d(3)
+    assert distributed.wrap_ddp(bn, torch.device("cpu")) is bn
+    with distributed.synced_batchnorm(bn):
+        assert "forward" not in vars(bn)
+
+
+def test_setup_outside_torchrun_changes_nothing(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.setup(torch.device("cpu")) == torch.device("cpu")
+    assert not torch.distributed.is_initialized()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Results of the job in two gloo processes (rank 0 and 1) and in this one."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": f"{Path(distributed.__file__).parents[1]}"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={_free_port()}", str(HERE / "_distributed_job.py"), str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sys.path.insert(0, str(HERE))
+    import _distributed_job
+
+    single = _distributed_job.run_all()
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return single, ranks
+
+
+def _relative_gaps(tensors, references):
+    return [float((t - r).abs().max() / r.abs().max().clamp_min(1e-12))
+            for t, r in zip(tensors, references, strict=True)]
+
+
+def test_ranks_end_with_identical_results(runs):
+    _, (a, b) = runs
+    assert a["world_size"] == b["world_size"] == 2
+
+    def flat(tree):
+        if isinstance(tree, dict):
+            return [x for key in sorted(tree) for x in flat(tree[key])]
+        if isinstance(tree, (list, tuple)):
+            return [x for item in tree for x in flat(item)]
+        return [torch.as_tensor(np.asarray(tree))]
+
+    for x, y in zip(flat(a), flat(b), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_gradient_of_a_step_is_the_one_process_gradient(runs):
+    single, (dist_run, _) = runs
+    one, two = single["gradient"], dist_run["gradient"]
+    assert float(two["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5)
+    assert max(_relative_gaps(two["grads"], one["grads"])) < 1e-4
+    # the BatchNorm running statistics saw the global batch
+    assert max(_relative_gaps(two["running"], one["running"])) < 1e-4
+
+
+def test_sharded_embedding_equals_one_process(runs):
+    single, (dist_run, _) = runs
+    torch.testing.assert_close(dist_run["embedding"]["views"], single["embedding"]["views"],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_pretraining_follows_the_one_process_run(runs):
+    single, (dist_run, _) = runs
+    np.testing.assert_allclose(dist_run["pretraining"]["history"],
+                               single["pretraining"]["history"], atol=0.02)
+
+
+def test_finetune_follows_the_one_process_run(runs):
+    single, (dist_run, _) = runs
+    one, two = single["finetuning"], dist_run["finetuning"]
+    np.testing.assert_allclose(two["history"], one["history"], atol=0.01)
+    assert max(_relative_gaps(two["weights"], one["weights"])) < 0.1
+
+
+def test_estimator_under_torchrun_matches_one_process(runs):
+    single, (dist_run, _) = runs
+    one, two = single["estimator"], dist_run["estimator"]
+    np.testing.assert_allclose(two["pretrain_history"], one["pretrain_history"], atol=0.02)
+    assert (two["labels"] == one["labels"]).mean() >= 0.9
+    assert (two["predict"] == one["predict"]).mean() >= 0.9
