@@ -31,7 +31,8 @@ def _demo(args):
     print(f"Running {model!r} with its defaults: SimCLR pretraining of a small conv net "
           f"({model.pretrain_epochs} epochs), then SPICE-Self ({model.n_heads} heads, "
           f"{model.max_epochs} epochs, label-free head selection), then SPICE-Semi "
-          f"({model.semi!r} mode, {model.semi_steps} steps).", flush=True)
+          f"({model.semi!r} mode, {model.semi_rounds} rounds of {model.semi_steps} steps).",
+          flush=True)
     rows = []
     start = time.perf_counter()
     labels = model.fit_predict(X)

@@ -165,14 +165,19 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         SPICE-Semi (paper section 3.3): after SPICE-Self, samples whose
         neighbourhood agrees with their cluster become labelled data for a
         FixMatch-style refinement. "head" trains a fresh classifier on the
-        cached view embeddings (seconds on a CPU; it lifted sklearn digits from
-        0.914 to 0.951 ACC); "finetune" trains backbone and head end to end on
+        cached view embeddings (seconds on a CPU; its gain on each benchmark
+        data set is in docs/benchmarks.md); "finetune" trains backbone and head end to end on
         augmented images (the paper's setting; meant for a GPU); None keeps the
         SPICE-Self clustering.
-    n_neighbors : int, default=100
+    n_neighbors : int or "auto", default="auto"
         ``n_s``: neighbours (cosine, on the original embeddings) that vote on each
         sample's reliability; clipped to ``n_samples // n_clusters - 1`` (a
         neighbourhood larger than an average cluster cannot agree with it).
+        "auto": the paper's 100, but at most a sixth of the average cluster,
+        ``min(100, n_samples // (6 * n_clusters))``. On CIFAR-10 (5,000 images
+        a class) 100 neighbours are 2 % of a class; on sklearn digits (180 a
+        class) they would be more than half of it, and the sparse classes
+        would get no reliable sample at all.
     reliability_threshold : float, default=0.95
         ``tau_c``: a sample is reliable when at least this share of its
         neighbours has its SPICE-Self cluster.
@@ -180,9 +185,15 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ``tau``: unlabelled samples count only when their weak-view confidence
         reaches this.
     semi_steps : int, default=1000
-        Gradient steps of SPICE-Semi.
+        Gradient steps of each SPICE-Semi round.
+    semi_rounds : int, default=2
+        SPICE-Semi rounds. The paper runs one; each further round estimates
+        the reliable samples again from the previous round's clusters and
+        trains a fresh classifier on them (self-training); measured against 1
+        round with the same features by ``benchmarks/run_semi_rounds.py``.
+        Rounds stop early when no sample is reliable.
     semi_time : float or None, default=None
-        Wall-clock budget of SPICE-Semi in seconds (None: no budget).
+        Wall-clock budget of each SPICE-Semi round in seconds (None: no budget).
     semi_batch_size : int, default=64
         ``B``, reliable samples per step.
     semi_mu : int, default=7
@@ -235,13 +246,14 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         SPICE-Self cluster of each training sample (before SPICE-Semi; equal to
         ``labels_`` when ``semi=None``).
     reliability_ : ndarray of shape (n_samples,) or None
-        Share of each sample's ``n_neighbors`` neighbours in its SPICE-Self
-        cluster (None when ``semi=None``).
+        Share of each sample's ``n_neighbors`` neighbours in its cluster at the
+        start of the last SPICE-Semi round (the SPICE-Self cluster in the first
+        round; None when ``semi=None``).
     reliable_mask_ : ndarray of shape (n_samples,), bool, or None
         ``reliability_ >= reliability_threshold``: the training samples the
         model is confident about (useful to clean a data set).
     semi_history_ : ndarray of shape (n_steps, 3) or None
-        Per SPICE-Semi step: supervised loss, unlabelled loss and share of
+        Per SPICE-Semi step, all rounds one after the other: supervised loss, unlabelled loss and share of
         unlabelled samples above ``semi_threshold``.
     cluster_centers_ : ndarray of shape (n_clusters, D)
         Prototypes of the selected head over the training set (Eq. 2), in the
@@ -269,8 +281,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         learning_rate=5e-3, confidence_ratio=0.5, entropy_weight="auto", n_weak_views="auto",
         n_strong_views="auto", flip="auto", cache_dtype="auto", embed_batch_size=256,
         checkpoint_dir=None, n_jobs=None,
-        semi="head", n_neighbors=100, reliability_threshold=0.95, semi_threshold=0.95,
-        semi_steps=1000, semi_time=None, semi_batch_size=64, semi_mu=7,
+        semi="head", n_neighbors="auto", reliability_threshold=0.95, semi_threshold=0.95,
+        semi_steps=1000, semi_rounds=2, semi_time=None, semi_batch_size=64, semi_mu=7,
         semi_learning_rate="auto", ema_decay=0.999, device="auto", random_state=None, verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -304,6 +316,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.reliability_threshold = reliability_threshold
         self.semi_threshold = semi_threshold
         self.semi_steps = semi_steps
+        self.semi_rounds = semi_rounds
         self.semi_time = semi_time
         self.semi_batch_size = semi_batch_size
         self.semi_mu = semi_mu
@@ -406,29 +419,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
         reliability = reliable = semi_history = None
         if params["semi"] is not None:
-            n_s = max(1, min(self.n_neighbors, cache.n_samples // k - 1))
-            neighbors = nearest_neighbors(features, n_s, device=device)
-            reliability = reliability_scores(neighbors, self_labels)
-            reliable = reliability >= self.reliability_threshold
-            if not reliable.any():
-                warnings.warn(
-                    "SPICE-Semi skipped: no sample has a reliability of at least "
-                    f"reliability_threshold={self.reliability_threshold} among its "
-                    f"{n_s} neighbours; the SPICE-Self clustering is kept.", UserWarning,
-                    stacklevel=2,
-                )
-            else:
-                classifier, semi_history = self._refine(
-                    params, cache, classifier, extractor, images, self_labels, reliable,
-                    flip, seeds[4], verbose,
-                )
-                if params["semi"] == "finetune":  # the backbone changed: embed again
-                    features = embed_images(extractor, images, batch_size=self.embed_batch_size,
-                                            device=device, verbose=verbose)
-                probs = head_probabilities(classifier, features)
-                changed = (probs[0].argmax(dim=1).cpu().numpy() != self_labels).mean()
-                log(f"SPICE-Semi ({params['semi']}): {reliable.mean():.1%} reliable samples, "
-                    f"{len(semi_history)} steps, {changed:.1%} of the labels changed")
+            classifier, features, reliability, reliable, semi_history = self._semi(
+                params, cache, features, classifier, extractor, images, self_labels, flip,
+                seeds[4], verbose, log,
+            )
+            probs = head_probabilities(classifier, features)
         n_top = n_confident(cache.n_samples, k, self.confidence_ratio)
         centers = cluster_prototypes(features.to(probs.device).float(), probs, n_top)[0]
 
@@ -530,6 +525,57 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]  # embeddings are float32
         return tags
+
+    def _semi(self, params, cache, features, classifier, extractor, images, labels, flip, seed,
+              verbose, log):
+        """SPICE-Semi rounds after SPICE-Self.
+
+        Each round scores every sample's reliability against the current
+        clusters, refines the classifier on the reliable ones (:meth:`_refine`)
+        and hands its clusters to the next round. Returns the classifier, the
+        embeddings it was trained for, the last round's reliability scores and
+        mask (None when no round ran) and the concatenated step history.
+        """
+        k, n = self.n_clusters, cache.n_samples
+        n_s = params["n_neighbors"]
+        if n_s is None:  # "auto": at most a sixth of the average cluster, at most 100
+            n_s = min(100, n // (6 * k))
+        n_s = max(1, min(n_s, n // k - 1))
+        reliability = reliable = neighbors = None
+        histories = []
+        for round_ in range(self.semi_rounds):
+            if neighbors is None:
+                neighbors = nearest_neighbors(features, n_s, device=params["device"])
+            scores = reliability_scores(neighbors, labels)
+            mask = scores >= self.reliability_threshold
+            if round_ == 0:  # reported even when nothing is reliable
+                reliability, reliable = scores, mask
+            if not mask.any():
+                kept = ("the SPICE-Self clustering is kept" if round_ == 0 else
+                        f"SPICE-Semi stops after {round_} round(s)")
+                warnings.warn(
+                    f"SPICE-Semi round {round_ + 1}: no sample has a reliability of at least "
+                    f"reliability_threshold={self.reliability_threshold} among its {n_s} "
+                    f"neighbours; {kept}.", UserWarning, stacklevel=3,
+                )
+                break
+            reliability, reliable = scores, mask
+            classifier, history = self._refine(
+                params, cache, classifier, extractor, images, labels, reliable, flip,
+                seed + round_, verbose,
+            )
+            histories.append(history)
+            if params["semi"] == "finetune":  # the backbone changed: embed again
+                features = embed_images(extractor, images, batch_size=self.embed_batch_size,
+                                        device=params["device"], verbose=verbose)
+                neighbors = None
+            new_labels = head_probabilities(classifier, features)[0].argmax(dim=1).cpu().numpy()
+            log(f"SPICE-Semi ({params['semi']}) round {round_ + 1}: {reliable.mean():.1%} "
+                f"reliable samples ({n_s} neighbours), {len(history)} steps, "
+                f"{(new_labels != labels).mean():.1%} of the labels changed")
+            labels = new_labels
+        history = np.concatenate(histories) if histories else None
+        return classifier, features, reliability, reliable, history
 
     def _refine(self, params, cache, classifier, extractor, images, labels, reliable, flip,
                 seed, verbose):
@@ -688,10 +734,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         if backbone == "precomputed" and self.semi == "finetune":
             raise ValueError("semi='finetune' needs images; backbone='precomputed' has none "
                              "(use semi='head').")
-        check_int(self.n_neighbors, "n_neighbors", 1)
+        n_neighbors = auto_int(self.n_neighbors, "n_neighbors", None, 1)
         check_real(self.reliability_threshold, "reliability_threshold", 0.0, 1.0, "both")
         check_real(self.semi_threshold, "semi_threshold", 0.0, 1.0, "both")
         check_int(self.semi_steps, "semi_steps", 1)
+        check_int(self.semi_rounds, "semi_rounds", 1)
         if self.semi_time is not None:
             check_real(self.semi_time, "semi_time", 0.0, None, "neither")
         check_int(self.semi_batch_size, "semi_batch_size", 1)
@@ -708,6 +755,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "n_strong_views": auto_int(self.n_strong_views, "n_strong_views", None, 1),
             "semi": self.semi,
             "semi_learning_rate": semi_lr,
+            "n_neighbors": n_neighbors,
             "batch_size": batch_size,
             "minibatch_size": minibatch,
             "entropy_weight": entropy_weight,

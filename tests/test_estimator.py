@@ -434,6 +434,9 @@ BAD_PARAMS = [
     ({"semi": "finetune"}, ValueError, "semi='finetune' needs images"),  # precomputed
     ({"n_neighbors": 0}, ValueError, "n_neighbors"),
     ({"n_neighbors": 2.0}, TypeError, "n_neighbors"),
+    ({"n_neighbors": "many"}, ValueError, "n_neighbors"),
+    ({"semi_rounds": 0}, ValueError, "semi_rounds"),
+    ({"semi_rounds": 1.5}, TypeError, "semi_rounds"),
     ({"reliability_threshold": 1.5}, ValueError, "reliability_threshold"),
     ({"reliability_threshold": -0.1}, ValueError, "reliability_threshold"),
     ({"semi_threshold": 2}, ValueError, "semi_threshold"),
@@ -616,7 +619,7 @@ def test_semi_head_sets_reliability_and_refines():
     assert np.all((est.reliability_ >= 0) & (est.reliability_ <= 1))
     np.testing.assert_array_equal(est.reliable_mask_, est.reliability_ >= 0.95)
     assert est.reliable_mask_.mean() > 0.5
-    assert est.semi_history_.shape == (400, 3)
+    assert est.semi_history_.shape == (400 * est.semi_rounds, 3)
     assert cluster_accuracy(y, est.labels_) > 0.95
     np.testing.assert_array_equal(est.predict(X), est.labels_)  # the refined classifier
 
@@ -631,7 +634,7 @@ def test_semi_uses_only_reliable_labels(monkeypatch):
         return real(cache, labels, reliable, **kwargs)
 
     monkeypatch.setattr(estimator_module, "train_semi_head", spy)
-    est = fast_precomputed(n_neighbors=10, semi_steps=5).fit(X)
+    est = fast_precomputed(n_neighbors=10, semi_steps=5, semi_rounds=1).fit(X)
     np.testing.assert_array_equal(seen["labels"], est.self_labels_)
     np.testing.assert_array_equal(seen["reliable"], est.reliable_mask_)
 
@@ -646,8 +649,34 @@ def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
         return real(features, n_neighbors, **kwargs)
 
     monkeypatch.setattr(estimator_module, "nearest_neighbors", spy)
-    fast_precomputed(semi_steps=5).fit(X)  # n_neighbors=100 by default
+    fast_precomputed(n_neighbors=100, semi_steps=5).fit(X)
     assert seen["k"] == 60 // N_CENTERS - 1
+    fast_precomputed(semi_steps=5).fit(X)  # "auto": a sixth of the average cluster
+    assert seen["k"] == 60 // (6 * N_CENTERS)
+    fast_precomputed(semi_steps=5).fit(blobs(n=6000)[0])  # "auto" stops at the paper's 100
+    assert seen["k"] == 100
+
+
+def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
+    X, _ = blobs(n=150)
+    calls = []
+    real = estimator_module.train_semi_head
+
+    def spy(cache, labels, reliable, **kwargs):
+        head, history = real(cache, labels, reliable, **kwargs)
+        out = estimator_module.head_probabilities(head, cache.original)[0].argmax(dim=1)
+        calls.append((labels.copy(), reliable.copy(), out.numpy(), len(history)))
+        return head, history
+
+    monkeypatch.setattr(estimator_module, "train_semi_head", spy)
+    est = fast_precomputed(n_neighbors=10, semi_steps=7, semi_rounds=3).fit(X)
+    assert len(calls) == 3
+    np.testing.assert_array_equal(calls[0][0], est.self_labels_)
+    for before, after in zip(calls, calls[1:]):
+        np.testing.assert_array_equal(after[0], before[2])  # the next round's targets
+    np.testing.assert_array_equal(est.labels_, calls[-1][2])
+    np.testing.assert_array_equal(est.reliable_mask_, calls[-1][1])
+    assert est.semi_history_.shape == (3 * 7, 3)
 
 
 def test_no_reliable_sample_warns_and_keeps_spice_self(monkeypatch):
@@ -655,7 +684,7 @@ def test_no_reliable_sample_warns_and_keeps_spice_self(monkeypatch):
     monkeypatch.setattr(estimator_module, "reliability_scores",
                         lambda neighbors, labels: np.full(len(labels), 0.5))
     est = fast_precomputed(n_neighbors=10)
-    with pytest.warns(UserWarning, match="SPICE-Semi skipped"):
+    with pytest.warns(UserWarning, match="SPICE-Self clustering is kept"):
         est.fit(X)
     np.testing.assert_array_equal(est.labels_, est.self_labels_)
     assert not est.reliable_mask_.any() and est.semi_history_ is None
@@ -664,7 +693,7 @@ def test_no_reliable_sample_warns_and_keeps_spice_self(monkeypatch):
 def test_semi_finetune_end_to_end_on_tiny_images():
     X = images(n=40)
     est = fast_images(semi="finetune", n_neighbors=3, reliability_threshold=0.3, semi_steps=2,
-                      semi_batch_size=4, semi_mu=2).fit(X)
+                      semi_rounds=1, semi_batch_size=4, semi_mu=2).fit(X)
     ref = fast_images(semi=None).fit(X)
     assert est.semi_history_.shape == (2, 3)
     changed = [not torch.equal(a, b) for a, b in zip(
