@@ -63,11 +63,16 @@ def autocast_dtype(device, *, bf16_only=False):
 class ViewCache:
     """L2-normalised embeddings of the original images and their views.
 
+    Each field is a tensor in memory or a :class:`~spice_learn.disk_cache.DiskArray`
+    (``cache_dir``), indexed the same way: ``original[idx]``,
+    ``weak[view_idx, idx]``, ``strong[view_idx, idx]`` read rows, and
+    ``original[:]`` gives all of them as a tensor.
+
     Attributes
     ----------
-    original : torch.Tensor of shape (N, D)
-    weak : torch.Tensor of shape (n_weak, N, D)
-    strong : torch.Tensor of shape (n_strong, N, D)
+    original : torch.Tensor or DiskArray of shape (N, D)
+    weak : torch.Tensor or DiskArray of shape (n_weak, N, D)
+    strong : torch.Tensor or DiskArray of shape (n_strong, N, D)
     """
 
     original: torch.Tensor
@@ -89,7 +94,7 @@ def cache_nbytes(n_samples, n_views, dim, dtype):
 
 def embed_views(
     extractor, images, transforms, *, batch_size, device, dtype=torch.float32, seed=0,
-    verbose=0, desc="embedding",
+    verbose=0, desc="embedding", out=None,
 ):
     """Pass every image through the backbone once per view.
 
@@ -111,11 +116,14 @@ def embed_views(
         Seed of the augmentations (the global RNG state is restored).
     verbose : int
         Show a tqdm bar when > 0.
+    out : torch.Tensor or DiskArray of shape (len(transforms), N, D), optional
+        Where the embeddings go, one batch of one view at a time
+        (``out[v, start:stop] = rows``); default: a new CPU tensor.
 
     Returns
     -------
-    features : torch.Tensor of shape (len(transforms), N, D), on the CPU
-        L2-normalised embeddings.
+    features : torch.Tensor or DiskArray of shape (len(transforms), N, D)
+        L2-normalised embeddings (``out`` when given).
     """
     module = extractor.module.to(device).eval()
     amp = autocast_dtype(device)
@@ -123,7 +131,8 @@ def embed_views(
     mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
     n = images.shape[0]
-    out = torch.empty((len(transforms), n, extractor.feature_dim), dtype=dtype)
+    if out is None:
+        out = torch.empty((len(transforms), n, extractor.feature_dim), dtype=dtype)
     size = list(extractor.input_size)
     bar = tqdm(total=n * len(transforms), desc=desc, unit="img", disable=verbose <= 0)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
