@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
@@ -66,11 +65,16 @@ def autocast_dtype(device, *, bf16_only=False):
 class ViewCache:
     """L2-normalised embeddings of the original images and their views.
 
+    Each field is a tensor in memory or a :class:`~spice_learn.disk_cache.DiskArray`
+    (``cache_dir``), indexed the same way: ``original[idx]``,
+    ``weak[view_idx, idx]``, ``strong[view_idx, idx]`` read rows, and
+    ``original[:]`` gives all of them as a tensor.
+
     Attributes
     ----------
-    original : torch.Tensor of shape (N, D)
-    weak : torch.Tensor of shape (n_weak, N, D)
-    strong : torch.Tensor of shape (n_strong, N, D)
+    original : torch.Tensor or DiskArray of shape (N, D)
+    weak : torch.Tensor or DiskArray of shape (n_weak, N, D)
+    strong : torch.Tensor or DiskArray of shape (n_strong, N, D)
     """
 
     original: torch.Tensor
@@ -92,7 +96,7 @@ def cache_nbytes(n_samples, n_views, dim, dtype):
 
 def embed_views(
     extractor, images, transforms, *, batch_size, device, dtype=torch.float32, seed=0,
-    verbose=0, desc="embedding",
+    verbose=0, desc="embedding", out=None,
 ):
     """Pass every image through the backbone once per view.
 
@@ -117,6 +121,9 @@ def embed_views(
         that a block's views do not depend on the blocks before it.
     verbose : int
         Show a tqdm bar when > 0.
+    out : torch.Tensor or DiskArray of shape (len(transforms), N, D), optional
+        Where the embeddings go, one batch of one view at a time
+        (``out[v, start:stop] = rows``); default: a new CPU tensor.
 
     Under torchrun each process embeds a contiguous share of whole blocks
     (:func:`~spice_learn.distributed.shard_range`) and the shares are gathered:
@@ -125,13 +132,15 @@ def embed_views(
 
     Returns
     -------
-    features : torch.Tensor of shape (len(transforms), N, D), on the CPU
-        L2-normalised embeddings.
+    features : torch.Tensor or DiskArray of shape (len(transforms), N, D)
+        L2-normalised embeddings (``out`` when given).
     """
     module = extractor.module.to(device).eval()
     module = module.to(memory_format=torch.channels_last)
     lo, hi = distributed.shard_range(images.shape[0], block=batch_size)
-    out = torch.empty((len(transforms), hi - lo, extractor.feature_dim), dtype=dtype)
+    shards = distributed.is_distributed()
+    local = out if out is not None and not shards else torch.empty(
+        (len(transforms), hi - lo, extractor.feature_dim), dtype=dtype)
     bar = tqdm(total=(hi - lo) * len(transforms), desc=desc, unit="img",
                disable=verbose <= 0 or not distributed.is_main_process())
     forward = _Forward(extractor, module, device)
@@ -143,12 +152,17 @@ def embed_views(
                 block = TF.resize(block, list(extractor.input_size), antialias=True)
             for v, t in enumerate(transforms):
                 view = block if t is None else _per_image(t, block)
-                out[v, start - lo : start - lo + len(block)] = forward(view, dtype)
+                local[v, start - lo : start - lo + len(block)] = forward(view, dtype)
                 bar.update(len(block))
     bar.close()
-    if not distributed.is_distributed():
-        return out
-    return torch.stack([distributed.all_gather_rows(view) for view in out])
+    if not shards:
+        return local
+    gathered = torch.stack([distributed.all_gather_rows(view) for view in local])
+    if out is None:
+        return gathered
+    for v, view in enumerate(gathered):  # every process holds (and writes) all rows
+        out[v, 0 : len(view)] = view
+    return out
 
 
 def _block_seed(seed, block):
@@ -165,8 +179,7 @@ class _Forward:
 
     def __init__(self, extractor, module, device):
         self.module, self.device, self.amp = module, device, autocast_dtype(device)
-        self.mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
+        self.scale, self.shift = _input_affine(extractor, device)
         self.batch_size = None
 
     def __call__(self, images, dtype):
@@ -188,11 +201,48 @@ class _Forward:
         return torch.cat(parts)
 
     def _embed(self, batch, dtype):
-        x = batch.to(self.device, non_blocking=True).float().div_(255)
-        x = x.sub_(self.mean).div_(self.std).contiguous(memory_format=torch.channels_last)
+        with one_thread():  # uint8 -> normalised channels_last input in one op
+            x = torch.empty(batch.shape, device=self.device, memory_format=torch.channels_last)
+            torch.addcmul(self.shift, batch.to(self.device, non_blocking=True), self.scale,
+                          out=x)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             feats = self.module(x)
-        return F.normalize(feats.float().flatten(1), dim=1).to("cpu", dtype)
+        with one_thread():
+            return _unit_rows(feats).to("cpu", dtype)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch intra-op thread inside the block, for small memory-bound CPU ops.
+
+    Such an op gains little from a second thread and, on a busy machine, waits
+    for it: on 2 shared cores a bfloat16-to-float32 copy of 256 x 256 values took
+    3-5 ms with 2 threads and 6 us with one; a weak view of 256 images 8 ms and
+    0.1 ms. Embedding of ``spice_convnet4`` ran at 0.75 of the bare forward speed
+    before its pre- and post-processing used one thread.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _input_affine(extractor, device):
+    """``scale, shift`` with ``uint8 * scale + shift = (uint8 / 255 - mean) / std``: the
+    conversion, normalisation and channels_last layout of a batch in one op."""
+    mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
+    return 1 / (255 * std), -mean / std
+
+
+def _unit_rows(feats):
+    """Rows of ``feats`` flattened and L2-normalised, in float32 (as ``F.normalize``,
+    in three ops instead of five)."""
+    feats = feats.flatten(1)
+    norms = torch.linalg.vector_norm(feats, dim=1, keepdim=True, dtype=torch.float32)
+    return torch.div(feats, norms.clamp_min_(1e-12))
 
 
 def halve_after_oom(batch_size, device, what):
@@ -206,15 +256,9 @@ def halve_after_oom(batch_size, device, what):
 
 
 def _per_image(transform, batch):
-    """Apply ``transform`` to each image; one intra-op thread is much faster for
-    these tiny per-image kernels (measured: 8 ms -> 0.1 ms per weak view with 2
-    threads -> 1 thread on a 2-core CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """Apply ``transform`` to each image (tiny kernels: one thread, see :func:`one_thread`)."""
+    with one_thread():
         return torch.stack([transform(image) for image in batch])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def embed_images(extractor, images, *, batch_size, device, verbose=0):

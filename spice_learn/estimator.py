@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +24,14 @@ from sklearn.utils.validation import check_is_fitted
 from . import distributed
 from .augment import feature_views, strong_transform, weak_transform
 from .backbones import FeatureExtractor, check_model_name
-from .embedding import ViewCache, cache_nbytes, embed_images, embed_views
+from .disk_cache import DiskArray, atomic_path, fingerprint
+from .embedding import (
+    ViewCache,
+    autocast_dtype,
+    cache_nbytes,
+    embed_images,
+    embed_views,
+)
 from .image_input import as_features, as_images
 from .neighbors import nearest_neighbors, reliability_scores
 from .pseudo_labels import cluster_prototypes, n_confident
@@ -41,6 +49,7 @@ from .validation import (
     check_int,
     check_n_jobs,
     check_real,
+    check_writable_dir,
     resolve_device,
     torch_threads,
     usable_device,
@@ -57,6 +66,9 @@ SMALL_DATA_SIZE = 5_000
 SCORE_CONFIDENCE_RATIO = 0.5
 #: ``semi_learning_rate="auto"``: Adam for the "head" mode, SGD (FixMatch) for "finetune".
 SEMI_LEARNING_RATES = {"head": 1e-3, "finetune": 0.03}
+#: Part of the ``cache_dir`` file names: change it when the same images, weights
+#: and settings would give other embeddings (new augmentations, preprocessing).
+VIEW_CACHE_FORMAT = 1
 
 
 class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
@@ -158,6 +170,17 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         from it (or skips finished pretraining); on the CPU without
         ``pretrain_time`` the result equals an uninterrupted run. Fits with
         other data or settings (e.g. GridSearchCV folds) use other files.
+    cache_dir : path-like or None, default=None
+        Folder for the embeddings of all cached views (None: they stay in
+        memory). They are written to ``views-<fingerprint>.npy``, a digest of the
+        images, the backbone weights (after pretraining), the view settings, the
+        seed and the storage type, and a later ``fit`` with the same
+        fingerprint reads them instead of embedding again. The file appears
+        only once complete (an interrupted fit leaves none). The heads then
+        read their minibatches from the file, so the memory of the cache does
+        not grow with ``N`` during head training; head selection, the
+        neighbour search and the prototypes still hold the original view,
+        ``N x D`` values, in memory. Files are never deleted.
     n_jobs : int or None, default=None
         Torch CPU threads during ``fit``, ``predict``, ``transform`` and
         ``score`` (-1: all cores; None: leave torch's setting alone).
@@ -217,7 +240,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     -----
     With ``backbone="precomputed"`` the image-only parameters (``weights``,
     ``pretrain*``, ``temperature``, ``projection_dim``, ``small_stem``, ``flip``,
-    ``cache_dtype`` and ``embed_batch_size``) have no effect. ``labels_`` and
+    ``cache_dtype``, ``embed_batch_size`` and ``cache_dir``) have no effect. ``labels_`` and
     ``predict`` use the selected head on the original (unaugmented) images, as in
     line 27 of Algorithm 1; pseudo-labelling and head selection use weak views.
 
@@ -280,7 +303,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs=100,
         learning_rate=5e-3, confidence_ratio=0.5, entropy_weight="auto", n_weak_views="auto",
         n_strong_views="auto", flip="auto", cache_dtype="auto", embed_batch_size=256,
-        checkpoint_dir=None, n_jobs=None,
+        checkpoint_dir=None, cache_dir=None, n_jobs=None,
         semi="head", n_neighbors="auto", reliability_threshold=0.95, semi_threshold=0.95,
         semi_steps=1000, semi_rounds=2, semi_time=None, semi_batch_size=64, semi_mu=7,
         semi_learning_rate="auto", ema_decay=0.999, device="auto", random_state=None, verbose=0,
@@ -310,6 +333,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.cache_dtype = cache_dtype
         self.embed_batch_size = embed_batch_size
         self.checkpoint_dir = checkpoint_dir
+        self.cache_dir = cache_dir
         self.n_jobs = n_jobs
         self.semi = semi
         self.n_neighbors = n_neighbors
@@ -394,9 +418,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             if params["pretrain"]:
                 log(f"stage 1: {len(pretrain_history)} SimCLR epochs on "
                     f"{images.shape[0]} images, final loss {pretrain_history[-1]:.4f}")
-            cache = _image_cache(extractor, images, params, flip, seeds[1], verbose)
+            cache, embedded = _image_cache(extractor, images, params, flip, seeds[1],
+                                           verbose, cache_dir=self.cache_dir)
             n_views = 1 + params["n_weak_views"] + params["n_strong_views"]
-            log(f"embedded {images.shape[0]} images x {n_views} views with {extractor.name}")
+            done = "embedded" if embedded else "read from cache_dir the embeddings of"
+            log(f"{done} {images.shape[0]} images x {n_views} views with {extractor.name}")
 
         k = self.n_clusters
         heads, history = train_heads(
@@ -411,7 +437,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         losses = head_selection_losses(heads, cache, confidence_ratio=self.confidence_ratio)
         best = int(np.argmin(losses))
         classifier = heads.select([best])
-        features = cache.original
+        features = cache.original[:]  # whole-data steps below need all of it
         probs = head_probabilities(classifier, features)
         self_labels = probs[0].argmax(dim=1).cpu().numpy()
         log(f"SPICE-Self: selected head {best} of {self.n_heads} (DS-CE {losses[best]:.4f}; "
@@ -510,7 +536,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         else:
             flip = resolve_flip(self.flip, self.backbone_)
             try:
-                cache = _image_cache(self.backbone_, as_images(X), params, flip, seed, 0)
+                cache, _ = _image_cache(self.backbone_, as_images(X), params, flip, seed, 0)
             finally:
                 self.backbone_.module.cpu()
         loss = float(head_selection_losses(self.classifier_, cache,
@@ -728,6 +754,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         if not (self.checkpoint_dir is None or isinstance(self.checkpoint_dir, (str, os.PathLike))):
             raise TypeError("checkpoint_dir must be None or a folder path; got "
                             f"{type(self.checkpoint_dir).__name__}.")
+        if self.cache_dir is not None:
+            check_writable_dir(self.cache_dir, "cache_dir")
         check_n_jobs(self.n_jobs)
         if self.semi not in (None, "head", "finetune"):
             raise ValueError(f"semi must be None, 'head' or 'finetune'; got {self.semi!r}.")
@@ -792,8 +820,12 @@ def _feature_cache(features, params, seed):
     )
 
 
-def _image_cache(extractor, images, params, flip, seed, verbose):
-    """Embed the original images and their augmented views once each."""
+def _image_cache(extractor, images, params, flip, seed, verbose, cache_dir=None):
+    """Embed the original images and their augmented views once each.
+
+    Returns the :class:`ViewCache` and whether embedding ran (False: the views
+    were found in ``cache_dir``).
+    """
     size = extractor.input_size
     n_weak, n_strong = params["n_weak_views"], params["n_strong_views"]
     transforms = (
@@ -801,10 +833,26 @@ def _image_cache(extractor, images, params, flip, seed, verbose):
         + [weak_transform(size, flip=flip)] * n_weak
         + [strong_transform(size, flip=flip)] * n_strong
     )
-    dtype = _cache_dtype(params["cache_dtype"], images.shape[0], len(transforms),
-                         extractor.feature_dim)
-    views = embed_views(
-        extractor, images, transforms, batch_size=params["embed_batch_size"],
-        device=params["device"], dtype=dtype, seed=seed, verbose=verbose,
-    )
-    return ViewCache(views[0], views[1 : 1 + n_weak], views[1 + n_weak :])
+    shape = (len(transforms), images.shape[0], extractor.feature_dim)
+    dtype = _cache_dtype(params["cache_dtype"], *shape)
+    device = params["device"]
+
+    def embed(out=None):
+        return embed_views(
+            extractor, images, transforms, batch_size=params["embed_batch_size"],
+            device=device, dtype=dtype, seed=seed, verbose=verbose, out=out,
+        )
+
+    embedded = True
+    if cache_dir is None:
+        views = embed()
+    else:
+        key = fingerprint(images, extractor, VIEW_CACHE_FORMAT, n_weak, n_strong, flip,
+                          seed, str(dtype), str(autocast_dtype(device)))
+        path = Path(cache_dir) / f"views-{key}.npy"
+        embedded = not path.is_file()
+        if embedded:
+            with atomic_path(path) as tmp:
+                embed(DiskArray.create(tmp, shape, dtype)).sync()
+        views = DiskArray.open(path)
+    return ViewCache(views[0], views[1 : 1 + n_weak], views[1 + n_weak :]), embedded

@@ -20,10 +20,7 @@ recipe below 20 px).
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +32,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batch_augment import contrastive_augment
+from .disk_cache import atomic_path
+from .disk_cache import fingerprint as run_fingerprint
 from .embedding import autocast_dtype, halve_after_oom, isolated_rng
 
 __all__ = ["nt_xent_loss", "ProjectionHead", "pretrain_simclr"]
@@ -199,8 +198,8 @@ def _pretrain_simclr(
                          f"processes ({world}); got {batch} images per step.")
     history, spent, checkpoint = [], 0.0, None
     if checkpoint_dir is not None:
-        fingerprint = _fingerprint(images, extractor, max_epochs, max_time, batch_size,
-                                   learning_rate, temperature, projection_dim, flip, seed)
+        fingerprint = run_fingerprint(images, extractor, max_epochs, max_time, batch_size,
+                                      learning_rate, temperature, projection_dim, flip, seed)
         checkpoint = Path(checkpoint_dir) / f"pretrain-{fingerprint[:20]}.pt"
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -297,27 +296,7 @@ def _train_epochs(
             _save_checkpoint(checkpoint, {**checkpoint_state(), "batch": batch})
 
 
-def _fingerprint(images, extractor, *settings):
-    """A digest of the images, the starting weights and the settings of a run."""
-    digest = hashlib.sha256()
-    digest.update(repr((tuple(images.shape), extractor.name, extractor.input_size, settings))
-                  .encode())
-    digest.update(images.contiguous().numpy().tobytes())
-    for value in extractor.module.state_dict().values():
-        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
-                      .tobytes())
-    return digest.hexdigest()
-
-
 def _save_checkpoint(path, state):
     """Write ``state`` atomically (a crash mid-write never leaves a broken file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

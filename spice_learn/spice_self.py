@@ -153,7 +153,7 @@ def head_selection_losses(heads, cache, *, confidence_ratio, chunk_size=8192):
     on the first strong view. Lower is better; labels are never used.
     """
     device = next(heads.parameters()).device
-    features = cache.original.to(device).float()
+    features = cache.original[:].to(device).float()
     probs = head_probabilities(heads, cache.weak[0], chunk_size=chunk_size)
     picked, labels = assign_pseudo_labels(features, probs, confidence_ratio)
     strong = cache.strong[0].to(device)

@@ -11,7 +11,7 @@ import torch
 from sklearn.utils.validation import check_scalar
 
 __all__ = ["check_int", "check_real", "auto_int", "resolve_device", "usable_device",
-           "check_n_jobs", "torch_threads"]
+           "check_n_jobs", "torch_threads", "check_writable_dir"]
 
 
 def check_int(value, name, min_val):
@@ -88,3 +88,22 @@ def torch_threads(n_threads):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def check_writable_dir(path, name):
+    """Check that ``path`` is, or can be created as, a writable folder (nothing is created).
+
+    Raises TypeError when ``path`` is not path-like and ValueError when a file
+    is in the way or the folder (or its nearest existing parent) is not writable.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be None or a folder path; got {type(path).__name__}.")
+    folder = os.path.abspath(os.fspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{name}={os.fspath(path)!r} cannot be a folder: {existing!r} is a file.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}={os.fspath(path)!r} is not writable ({existing!r} does not "
+                         "allow creating files).")

@@ -64,6 +64,12 @@ def _weights_file_without_tensors(tmp_path):
     SpiceClustering(2, backbone="resnet10t", weights=str(path), **FAST).fit(_images(size=32))
 
 
+def _cache_dir_under_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    _fit(_images(), backbone=torch.nn.Conv2d(3, 4, 3),
+         cache_dir=tmp_path / "notes.txt" / "cache")(tmp_path)
+
+
 # (what the user did, the call, error type, a regex the message must match)
 CASES = [
     ("n_clusters below 1", _fit(_blobs(), backbone="precomputed", n_clusters=0),
@@ -112,6 +118,11 @@ CASES = [
     ("random_state that is not a seed", _fit(_blobs(), backbone="precomputed",
                                              random_state="seed"),
      ValueError, r"random_state must be None, an int"),
+    ("cache_dir that is not a path", _fit(_images(), backbone=torch.nn.Conv2d(3, 4, 3),
+                                          cache_dir=3),
+     TypeError, r"cache_dir must be None or a folder path; got int"),
+    ("cache_dir where a file is in the way", _cache_dir_under_a_file,
+     ValueError, r"cache_dir=.*notes.txt/cache.* is a file"),
     ("predict with another number of features", _predict_other_width,
      ValueError, r"X has 5 features, but SpiceClustering is expecting 4"),
     ("predict before fit", _predict_unfitted, Exception, r"not fitted"),
