@@ -119,8 +119,33 @@ def _cosine_lr(base, step, n_steps, start, max_time):
     return base * math.cos(7 * math.pi * min(progress, 1.0) / 16)
 
 
-def _draw(reliable_idx, n, batch_size, mu, gen):
-    labelled = reliable_idx[torch.randint(len(reliable_idx), (batch_size,), generator=gen)]
+class _BalancedSampler:
+    """Draws reliable samples class-balanced: a cluster uniformly among those
+    with reliable samples, then one of its reliable samples uniformly.
+
+    FixMatch's labelled sets are balanced (e.g. 4 labels per CIFAR-10 class);
+    reliable samples are not: dense clusters have many, sparse ones a few.
+    Drawn uniformly, the sparse clusters hardly appear in the supervised term
+    and the consistency term lets the dense ones absorb them; with weak
+    features SPICE-Semi then empties clusters.
+    """
+
+    def __init__(self, reliable_idx, labels):
+        cluster = torch.as_tensor(np.asarray(labels))[reliable_idx]
+        order = torch.argsort(cluster, stable=True)
+        self.members = reliable_idx[order]  # reliable samples grouped by cluster
+        _, self.sizes = torch.unique_consecutive(cluster[order], return_counts=True)
+        self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
+
+    def __call__(self, n_draws, gen):
+        which = torch.randint(len(self.sizes), (n_draws,), generator=gen)
+        size = self.sizes[which]
+        pos = (torch.rand(n_draws, generator=gen, dtype=torch.float64) * size).long()
+        return self.members[self.offsets[which] + torch.minimum(pos, size - 1)]
+
+
+def _draw(sampler, n, batch_size, mu, gen):
+    labelled = sampler(batch_size, gen)
     unlabelled = torch.randint(n, (mu * batch_size,), generator=gen)
     return labelled, unlabelled
 
@@ -171,7 +196,7 @@ def train_semi_head(
         Per step: supervised loss, unlabelled loss, share of unlabelled samples
         above the threshold.
     """
-    reliable_idx = _check_reliable(reliable)
+    sampler = _BalancedSampler(_check_reliable(reliable), labels)
     cache = cache.to(device)
     n, dim = cache.original.shape
     gen = torch.Generator().manual_seed(seed)
@@ -184,7 +209,7 @@ def train_semi_head(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
-        li, ui = _draw(reliable_idx, n, batch_size, mu, gen)
+        li, ui = _draw(sampler, n, batch_size, mu, gen)
         x = torch.cat([
             cache.weak[torch.randint(n_weak, li.shape, generator=gen), li],
             cache.weak[torch.randint(n_weak, ui.shape, generator=gen), ui],
@@ -270,7 +295,7 @@ def _finetune(
     extractor, classifier, images, labels, reliable, *, n_steps, batch_size, mu, threshold,
     learning_rate, ema_decay, flip, seed, device, max_time, verbose,
 ):
-    reliable_idx = _check_reliable(reliable)
+    sampler = _BalancedSampler(_check_reliable(reliable), labels)
     model = _Classifier(extractor.module, classifier).to(device)
     model = model.to(memory_format=torch.channels_last).train().requires_grad_(True)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -315,7 +340,7 @@ def _finetune(
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
-            li, ui = _draw(reliable_idx, n, batch_size, mu, gen)
+            li, ui = _draw(sampler, n, batch_size, mu, gen)
             li, ui = li[l_lo:l_hi], ui[u_lo:u_hi]  # this process's rows
             xl, xu = load(li), load(ui)
             x = torch.cat([weak(xl, gen, rows_l), weak(xu, gen, rows_u),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from test_spice_self import make_cache
 
+from spice_learn import spice_semi
 from spice_learn.backbones import build_backbone
 from spice_learn.heads import MultiHeadClassifier
 from spice_learn.metrics import cluster_accuracy
@@ -130,3 +131,19 @@ def test_finetune_is_deterministic_on_cpu():
         results.append(list(extractor.module.state_dict().values()) + list(head.state_dict().values()))
     for p, q in zip(*results):
         assert torch.equal(p, q)
+
+
+def test_reliable_samples_are_drawn_class_balanced():
+    # 90 reliable samples of cluster 0, 10 of cluster 1, 5 of cluster 2; some unreliable.
+    labels = np.repeat([0, 1, 2, 0], [90, 10, 5, 20])
+    reliable = np.arange(len(labels)) < 105
+    sampler = spice_semi._BalancedSampler(spice_semi._check_reliable(reliable), labels)
+    drawn = sampler(30_000, torch.Generator().manual_seed(0)).numpy()
+    assert reliable[drawn].all()
+    share = np.bincount(labels[drawn], minlength=3) / len(drawn)
+    np.testing.assert_allclose(share, 1 / 3, atol=0.02)  # uniform over clusters, not samples
+    for cluster, size in ((0, 90), (1, 10), (2, 5)):  # uniform within a cluster
+        counts = np.bincount(drawn[labels[drawn] == cluster], minlength=105)
+        members = np.flatnonzero((labels == cluster) & reliable)
+        assert set(np.flatnonzero(counts)) == set(members)
+        np.testing.assert_allclose(counts[members] / counts.sum(), 1 / size, rtol=0.35)
