@@ -212,7 +212,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     semi_rounds : int, default=2
         SPICE-Semi rounds. The paper runs one; each further round estimates
         the reliable samples again from the previous round's clusters and
-        trains a fresh classifier on them (self-training); measured against 1
+        trains again on them (self-training: a fresh classifier in the "head"
+        mode; the same backbone and classifier go on in "finetune"); measured against 1
         round with the same features by ``benchmarks/run_semi_rounds.py``.
         Rounds stop early when no sample is reliable.
     semi_time : float or None, default=None
@@ -435,11 +436,13 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         )
         distributed.broadcast_module(heads)  # identical on every process, whatever the GPU
         losses = head_selection_losses(heads, cache, confidence_ratio=self.confidence_ratio)
+        # Under torchrun rank 0 decides (GPUs need not agree to the last bit).
+        losses = distributed.broadcast_object(losses)
         best = int(np.argmin(losses))
         classifier = heads.select([best])
         features = cache.original[:]  # whole-data steps below need all of it
         probs = head_probabilities(classifier, features)
-        self_labels = probs[0].argmax(dim=1).cpu().numpy()
+        self_labels = distributed.broadcast_object(probs[0].argmax(dim=1).cpu().numpy())
         log(f"SPICE-Self: selected head {best} of {self.n_heads} (DS-CE {losses[best]:.4f}; "
             f"all heads {losses.min():.4f}-{losses.max():.4f})")
 
@@ -572,7 +575,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         for round_ in range(self.semi_rounds):
             if neighbors is None:
                 neighbors = nearest_neighbors(features, n_s, device=params["device"])
-            scores = reliability_scores(neighbors, labels)
+            scores = distributed.broadcast_object(reliability_scores(neighbors, labels))
             mask = scores >= self.reliability_threshold
             if round_ == 0:  # reported even when nothing is reliable
                 reliability, reliable = scores, mask
@@ -595,7 +598,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 features = embed_images(extractor, images, batch_size=self.embed_batch_size,
                                         device=params["device"], verbose=verbose)
                 neighbors = None
-            new_labels = head_probabilities(classifier, features)[0].argmax(dim=1).cpu().numpy()
+            new_labels = distributed.broadcast_object(
+                head_probabilities(classifier, features)[0].argmax(dim=1).cpu().numpy())
             log(f"SPICE-Semi ({params['semi']}) round {round_ + 1}: {reliable.mean():.1%} "
                 f"reliable samples ({n_s} neighbours), {len(history)} steps, "
                 f"{(new_labels != labels).mean():.1%} of the labels changed")
