@@ -251,6 +251,12 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     ``predict`` use the selected head on the original (unaugmented) images, as in
     line 27 of Algorithm 1; pseudo-labelling and head selection use weak views.
 
+    Under torchrun every process must call ``fit``, ``predict``,
+    ``predict_proba``, ``transform`` and ``score`` together and with the same
+    ``X`` (the processes share the embedding work): ValueError is raised in
+    every process when the images differ, and a call from one process alone
+    waits for the others.
+
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
@@ -366,7 +372,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         X : images or features
             Any input accepted by :func:`spice_learn.image_input.as_images`
             (arrays NHW/NHWC/NCHW, tensors, PIL images, file paths, a directory),
-            or a 2-D feature matrix with ``backbone="precomputed"``.
+            or a 2-D feature matrix with ``backbone="precomputed"``. Under
+            torchrun, the same images in every process.
         y : ignored
             Present for API consistency; labels are never used.
 
@@ -494,6 +501,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         Parameters
         ----------
         X : images or features
+            Under torchrun, the same images in every process (see Notes).
 
         Returns
         -------
@@ -646,6 +654,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ----------
         X : images or features
             Same kind of input as in ``fit``; images may have another size.
+            Under torchrun, the same images in every process (see Notes).
 
         Returns
         -------
