@@ -26,7 +26,7 @@ from .disk_cache import tensor_bytes
 from .validation import torch_threads
 
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
-           "halve_after_oom", "isolated_rng"]
+           "halve_after_oom", "isolated_rng", "check_same_images"]
 
 
 @contextlib.contextmanager
@@ -146,7 +146,7 @@ def embed_views(
     module = module.to(memory_format=torch.channels_last)
     shards = distributed.is_distributed()
     if shards:
-        _check_same_images(images)
+        check_same_images(images)
     lo, hi = distributed.shard_range(images.shape[0], block=batch_size)
     local = out if out is not None and not shards else torch.empty(
         (len(transforms), hi - lo, extractor.feature_dim), dtype=dtype)
@@ -176,8 +176,11 @@ def embed_views(
     return out
 
 
-def _check_same_images(images):
-    """Raise ValueError in every process when the processes hold different images."""
+def check_same_images(images):
+    """Under torchrun, raise ValueError in every process when the processes hold
+    different images (compared by shape and a hash; nothing to do in one process)."""
+    if not distributed.is_distributed():
+        return
     digest = (tuple(images.shape), str(images.dtype),
               hashlib.blake2b(tensor_bytes(images), digest_size=16).hexdigest())
     digests = distributed.all_gather_object(digest)

@@ -29,6 +29,7 @@ from .embedding import (
     ViewCache,
     autocast_dtype,
     cache_nbytes,
+    check_same_images,
     embed_images,
     embed_views,
 )
@@ -884,6 +885,7 @@ def _image_cache(extractor, images, params, flip, seed, verbose, cache_dir=None)
     # Under torchrun rank 0 decides (processes that look for themselves could disagree
     # and wait for each other forever) and is the only one to write the file.
     main = distributed.is_main_process()
+    check_same_images(images)  # a hit skips embed_views, which checks it otherwise
     hit = distributed.broadcast_object(_readable_cache(path, shape, dtype) if main else None)
     if hit:
         return _split_views(DiskArray.open(path), n_weak), False
