@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DiskArray", "atomic_path", "fingerprint"]
+__all__ = ["DiskArray", "atomic_path", "fingerprint", "tensor_bytes"]
 
 
 def fingerprint(images, extractor, *settings):
@@ -42,11 +42,16 @@ def fingerprint(images, extractor, *settings):
     digest = hashlib.sha256()
     digest.update(repr((tuple(images.shape), extractor.name, extractor.input_size, settings))
                   .encode())
-    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(tensor_bytes(images))
     for value in extractor.module.state_dict().values():
-        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
-                      .tobytes())
+        digest.update(tensor_bytes(value.detach().cpu()))
     return digest.hexdigest()
+
+
+def tensor_bytes(tensor):
+    """The bytes of a CPU tensor as a flat ``memoryview``, for hashing without a copy
+    (a copy is made only when ``tensor`` is not contiguous)."""
+    return memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy())
 
 
 @contextlib.contextmanager
@@ -62,10 +67,17 @@ def atomic_path(path):
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide a shared cache
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class DiskArray:
@@ -78,7 +90,11 @@ class DiskArray:
     * ``a[start:stop]`` on a 2-D array reads consecutive rows (``a[:]``: all);
     * ``a[idx]`` (2-D) and ``a[view_idx, idx]`` (3-D) with integer tensors or
       arrays read the rows they name, shaped like the (broadcast) indices
-      followed by ``D``.
+      followed by ``D``; ``a[i, key]`` is ``a[i][key]``.
+
+    Integers and integer arrays count negative positions from the end and raise
+    IndexError out of range; boolean masks, floats and other keys raise
+    TypeError. An empty slice or index array reads an empty tensor.
 
     ``a[i, start:stop] = rows`` (3-D) writes consecutive rows of view ``i``.
     No file handle is kept open between calls, so the object pickles as a
@@ -132,6 +148,11 @@ class DiskArray:
     def ndim(self):
         return len(self.shape)
 
+    @property
+    def nbytes_on_disk(self):
+        """Size of the whole file: header and data."""
+        return self._offset + int(np.prod(self.shape)) * _numpy_dtype(self.dtype).itemsize
+
     def to(self, device):
         """The same array, whose reads return tensors on ``device``."""
         return DiskArray(self.path, self.shape, self.dtype, self._offset,
@@ -144,21 +165,24 @@ class DiskArray:
                          first_row=self._first_row + start * n, device=self.device)
 
     def __getitem__(self, key):
-        if self.ndim == 3 and isinstance(key, (int, np.integer)):
+        if self.ndim == 3 and _is_int(key):
             view = range(self.shape[0])[key]  # negative and out-of-range ints as in Python
             return self.views(view, view + 1)._squeezed()
         if self.ndim == 3 and isinstance(key, slice):
             views = range(self.shape[0])[key]
-            if views.step != 1:
+            if views.step != 1 and len(views) > 1:
                 raise IndexError("a slice of views needs a step of 1")
-            return self.views(views.start, views.stop)
+            return self.views(views.start, views.start + len(views))
+        if self.ndim == 3 and isinstance(key, tuple) and len(key) == 2 and _is_int(key[0]):
+            return self[key[0]][key[1]]
         if self.ndim == 2 and isinstance(key, slice):
             start, stop, step = key.indices(self.shape[0])
             rows = np.arange(start, stop, step, dtype=np.int64)
         elif self.ndim == 2:
-            rows = _as_index(key)
+            rows = _as_index(key, self.shape[0])
         elif isinstance(key, tuple) and len(key) == 2:
-            view, sample = np.broadcast_arrays(_as_index(key[0]), _as_index(key[1]))
+            view, sample = np.broadcast_arrays(_as_index(key[0], self.shape[0]),
+                                               _as_index(key[1], self.shape[1]))
             rows = view * self.shape[1] + sample
         else:
             raise TypeError(f"unsupported index for a {self.ndim}-D DiskArray: {key!r}")
@@ -189,6 +213,8 @@ class DiskArray:
 
     def _read(self, rows):
         """Rows ``rows`` of the flat data, one read per run of consecutive rows."""
+        if len(rows) == 0:
+            return np.empty((0, self.shape[-1]), _numpy_dtype(self.dtype))
         unique, inverse = np.unique(rows, return_inverse=True)
         data = np.empty((len(unique), self.shape[-1]), _numpy_dtype(self.dtype))
         buffer = memoryview(data).cast("B")
@@ -208,10 +234,26 @@ def _numpy_dtype(dtype):
     return torch.empty(0, dtype=dtype).numpy().dtype
 
 
-def _as_index(index):
+def _is_int(key):
+    return isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_))
+
+
+def _as_index(index, size):
+    """Integer positions along an axis of ``size`` (negative ones counted from the
+    end); IndexError when out of range, TypeError for anything but integers."""
     if torch.is_tensor(index):
         index = index.cpu().numpy()
-    return np.asarray(index, dtype=np.int64)
+    if isinstance(index, (slice, type(Ellipsis))) or index is None:
+        raise TypeError(f"a DiskArray is indexed by integers or integer arrays here; "
+                        f"got {index!r}")
+    index = np.asarray(index)
+    if index.dtype.kind not in "iu":  # bool masks, floats, objects
+        raise TypeError(f"a DiskArray is indexed by integers or integer arrays; got an "
+                        f"array of {index.dtype}")
+    index = index.astype(np.int64, copy=False)
+    if index.size and (index.min() < -size or index.max() >= size):
+        raise IndexError(f"index out of range for an axis of size {size}")
+    return np.where(index < 0, index + size, index)
 
 
 def _read_all(fd, buffer, offset):

@@ -33,7 +33,7 @@ from torch import nn
 
 __all__ = ["launched_with_torchrun", "setup", "is_distributed", "world_size", "rank", "is_main_process",
            "shard_range", "all_gather_rows", "gather_with_grad", "broadcast_module",
-           "broadcast_object", "synced_batchnorm", "wrap_ddp"]
+           "broadcast_object", "all_gather_object", "synced_batchnorm", "wrap_ddp"]
 
 #: Exactly these classes get synchronised statistics (subclasses such as timm's
 #: ``BatchNormAct2d`` have their own ``forward`` and keep per-process statistics).
@@ -291,3 +291,13 @@ def broadcast_object(obj, src=0):
     box = [obj]
     dist.broadcast_object_list(box, src)
     return box[0]
+
+
+def all_gather_object(obj):
+    """Every rank's picklable ``obj``, as a list in rank order (``[obj]`` without a
+    process group)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -12,6 +12,7 @@ and view in float32 and ``2 * D`` in float16 (a ResNet-18, D = 512: 2 KiB /
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -21,9 +22,11 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from . import distributed
+from .disk_cache import tensor_bytes
+from .validation import torch_threads
 
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
-           "halve_after_oom", "isolated_rng"]
+           "halve_after_oom", "isolated_rng", "check_same_images"]
 
 
 @contextlib.contextmanager
@@ -122,13 +125,17 @@ def embed_views(
     verbose : int
         Show a tqdm bar when > 0.
     out : torch.Tensor or DiskArray of shape (len(transforms), N, D), optional
-        Where the embeddings go, one batch of one view at a time
-        (``out[v, start:stop] = rows``); default: a new CPU tensor.
+        Where the embeddings go (``out[v, start:stop] = rows``): one batch of
+        one view at a time in one process, one whole view at a time, after the
+        gather, under torchrun; default: a new CPU tensor.
 
     Under torchrun each process embeds a contiguous share of whole blocks
     (:func:`~spice_learn.distributed.shard_range`) and the shares are gathered:
     every process returns the embeddings of all images, in the order and with
-    the augmentations of a one-process run.
+    the augmentations of a one-process run. Every process must therefore call
+    this with the same ``images``: a digest of them (shape and a hash) is
+    compared first, and ValueError is raised in every process when they differ.
+    A call made by only some of the processes waits for the others forever.
 
     Returns
     -------
@@ -137,24 +144,28 @@ def embed_views(
     """
     module = extractor.module.to(device).eval()
     module = module.to(memory_format=torch.channels_last)
-    lo, hi = distributed.shard_range(images.shape[0], block=batch_size)
     shards = distributed.is_distributed()
+    if shards:
+        check_same_images(images)
+    lo, hi = distributed.shard_range(images.shape[0], block=batch_size)
     local = out if out is not None and not shards else torch.empty(
         (len(transforms), hi - lo, extractor.feature_dim), dtype=dtype)
     bar = tqdm(total=(hi - lo) * len(transforms), desc=desc, unit="img",
                disable=verbose <= 0 or not distributed.is_main_process())
     forward = _Forward(extractor, module, device)
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        for start in range(lo, hi, batch_size):  # CPU RNG only: fork_rng restores it
-            torch.default_generator.manual_seed(_block_seed(seed, start // batch_size))
-            block = images[start : min(start + batch_size, hi)]
-            if list(block.shape[-2:]) != list(extractor.input_size):
-                block = TF.resize(block, list(extractor.input_size), antialias=True)
-            for v, t in enumerate(transforms):
-                view = block if t is None else _per_image(t, block)
-                local[v, start - lo : start - lo + len(block)] = forward(view, dtype)
-                bar.update(len(block))
-    bar.close()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            for start in range(lo, hi, batch_size):  # CPU RNG only: fork_rng restores it
+                torch.default_generator.manual_seed(_block_seed(seed, start // batch_size))
+                block = images[start : min(start + batch_size, hi)]
+                if list(block.shape[-2:]) != list(extractor.input_size):
+                    block = TF.resize(block, list(extractor.input_size), antialias=True)
+                for v, t in enumerate(transforms):
+                    view = block if t is None else _per_image(t, block)
+                    local[v, start - lo : start - lo + len(block)] = forward(view, dtype)
+                    bar.update(len(block))
+    finally:
+        bar.close()
     if not shards:
         return local
     gathered = torch.stack([distributed.all_gather_rows(view) for view in local])
@@ -165,9 +176,25 @@ def embed_views(
     return out
 
 
+def check_same_images(images):
+    """Under torchrun, raise ValueError in every process when the processes hold
+    different images (compared by shape and a hash; nothing to do in one process)."""
+    if not distributed.is_distributed():
+        return
+    digest = (tuple(images.shape), str(images.dtype),
+              hashlib.blake2b(tensor_bytes(images), digest_size=16).hexdigest())
+    digests = distributed.all_gather_object(digest)
+    if any(d != digests[0] for d in digests):
+        shapes = ", ".join(f"rank {r}: {d[0]}" for r, d in enumerate(digests))
+        raise ValueError("under torchrun every process must pass the same images to "
+                         f"fit/predict/transform; the processes got different ones ({shapes}).")
+
+
 def _block_seed(seed, block):
     """Seed of block ``block`` of :func:`embed_views`; block 0 keeps ``seed``, so
-    results for at most ``batch_size`` images are those of earlier versions."""
+    at most ``batch_size`` images get the augmentations of earlier versions (their
+    embeddings differ by float rounding, about 5e-7, since the input conversion
+    became one ``addcmul``)."""
     if block == 0:
         return seed
     return int(np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0] >> 1)
@@ -201,32 +228,14 @@ class _Forward:
         return torch.cat(parts)
 
     def _embed(self, batch, dtype):
-        with one_thread():  # uint8 -> normalised channels_last input in one op
+        with torch_threads(1):  # uint8 -> normalised channels_last input in one op
             x = torch.empty(batch.shape, device=self.device, memory_format=torch.channels_last)
             torch.addcmul(self.shift, batch.to(self.device, non_blocking=True), self.scale,
                           out=x)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             feats = self.module(x)
-        with one_thread():
+        with torch_threads(1):
             return _unit_rows(feats).to("cpu", dtype)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One torch intra-op thread inside the block, for small memory-bound CPU ops.
-
-    Such an op gains little from a second thread and, on a busy machine, waits
-    for it: on 2 shared cores a bfloat16-to-float32 copy of 256 x 256 values took
-    3-5 ms with 2 threads and 6 us with one; a weak view of 256 images 8 ms and
-    0.1 ms. Embedding of ``spice_convnet4`` ran at 0.75 of the bare forward speed
-    before its pre- and post-processing used one thread.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _input_affine(extractor, device):
@@ -256,8 +265,9 @@ def halve_after_oom(batch_size, device, what):
 
 
 def _per_image(transform, batch):
-    """Apply ``transform`` to each image (tiny kernels: one thread, see :func:`one_thread`)."""
-    with one_thread():
+    """Apply ``transform`` to each image (tiny kernels: one thread, see
+    :func:`~spice_learn.validation.torch_threads`)."""
+    with torch_threads(1):
         return torch.stack([transform(image) for image in batch])
 
 

@@ -29,6 +29,7 @@ from .embedding import (
     ViewCache,
     autocast_dtype,
     cache_nbytes,
+    check_same_images,
     embed_images,
     embed_views,
 )
@@ -173,14 +174,21 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     cache_dir : path-like or None, default=None
         Folder for the embeddings of all cached views (None: they stay in
         memory). They are written to ``views-<fingerprint>.npy``, a digest of the
-        images, the backbone weights (after pretraining), the view settings, the
-        seed and the storage type, and a later ``fit`` with the same
+        images, the backbone weights (after pretraining), the view settings,
+        ``embed_batch_size`` (augmentations are drawn per batch), the seed and
+        the storage type, and a later ``fit`` with the same
         fingerprint reads them instead of embedding again. The file appears
         only once complete (an interrupted fit leaves none). The heads then
         read their minibatches from the file, so the memory of the cache does
         not grow with ``N`` during head training; head selection, the
         neighbour search and the prototypes still hold the original view,
-        ``N x D`` values, in memory. Files are never deleted.
+        ``N x D`` values, in memory. Files are never deleted. The key
+        includes the seed, so only fits with an int ``random_state`` reuse a
+        file (``random_state=None`` warns). Under torchrun only rank 0 writes
+        the file, which must be in a folder every process sees; embedding
+        gathers every view of every image in each process's memory, and after
+        a miss the other processes keep that copy, so ``cache_dir`` bounds the
+        memory of a single process only.
     n_jobs : int or None, default=None
         Torch CPU threads during ``fit``, ``predict``, ``transform`` and
         ``score`` (-1: all cores; None: leave torch's setting alone).
@@ -244,6 +252,12 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     ``cache_dtype``, ``embed_batch_size`` and ``cache_dir``) have no effect. ``labels_`` and
     ``predict`` use the selected head on the original (unaugmented) images, as in
     line 27 of Algorithm 1; pseudo-labelling and head selection use weak views.
+
+    Under torchrun every process must call ``fit``, ``predict``,
+    ``predict_proba``, ``transform`` and ``score`` together and with the same
+    ``X`` (the processes share the embedding work): ValueError is raised in
+    every process when the images differ, and a call from one process alone
+    waits for the others.
 
     Attributes
     ----------
@@ -360,7 +374,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         X : images or features
             Any input accepted by :func:`spice_learn.image_input.as_images`
             (arrays NHW/NHWC/NCHW, tensors, PIL images, file paths, a directory),
-            or a 2-D feature matrix with ``backbone="precomputed"``.
+            or a 2-D feature matrix with ``backbone="precomputed"``. Under
+            torchrun, the same images in every process.
         y : ignored
             Present for API consistency; labels are never used.
 
@@ -384,10 +399,15 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         # Under torchrun: join the process group, one GPU per process, rank 0's seeds
         # (random_state=None would draw other ones in each process), rank 0 reports.
         device = params["device"] = distributed.setup(params["device"])
+        _check_world_size(params, self.pretrain_batch_size, self.semi_batch_size)
         seeds = distributed.broadcast_object(
             [int(s) for s in rng.randint(0, 2**31 - 1, size=5)])
         verbose = self.verbose if distributed.is_main_process() else 0
         precomputed = isinstance(self.backbone, str) and self.backbone == "precomputed"
+        if self.cache_dir is not None and self.random_state is None and not precomputed:
+            warnings.warn("cache_dir with random_state=None: the cache key includes the seed, "
+                          "so this fit writes a file that no later fit reads; set "
+                          "random_state to reuse the cache.", UserWarning, stacklevel=3)
 
         start = time.perf_counter()
 
@@ -485,6 +505,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         Parameters
         ----------
         X : images or features
+            Under torchrun, the same images in every process (see Notes).
 
         Returns
         -------
@@ -638,6 +659,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ----------
         X : images or features
             Same kind of input as in ``fit``; images may have another size.
+            Under torchrun, the same images in every process (see Notes).
 
         Returns
         -------
@@ -758,7 +780,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         if not (self.checkpoint_dir is None or isinstance(self.checkpoint_dir, (str, os.PathLike))):
             raise TypeError("checkpoint_dir must be None or a folder path; got "
                             f"{type(self.checkpoint_dir).__name__}.")
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and backbone != "precomputed":  # unused there
             check_writable_dir(self.cache_dir, "cache_dir")
         check_n_jobs(self.n_jobs)
         if self.semi not in (None, "head", "finetune"):
@@ -796,6 +818,18 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }
+
+
+def _check_world_size(params, pretrain_batch_size, semi_batch_size):
+    """Under torchrun every global batch is shared out, at least one sample a process:
+    check that before any image is read (the training loops check again)."""
+    world = distributed.world_size()
+    for used, name, value in ((params["pretrain"], "pretrain_batch_size", pretrain_batch_size),
+                              (params["semi"] == "finetune", "semi_batch_size",
+                               semi_batch_size)):
+        if used and value < world:
+            raise ValueError(f"{name} must be at least the number of processes ({world}) "
+                             f"under torchrun; got {value}.")
 
 
 def _resolve_views(params, n_samples):
@@ -847,16 +881,57 @@ def _image_cache(extractor, images, params, flip, seed, verbose, cache_dir=None)
             device=device, dtype=dtype, seed=seed, verbose=verbose, out=out,
         )
 
-    embedded = True
     if cache_dir is None:
-        views = embed()
-    else:
-        key = fingerprint(images, extractor, VIEW_CACHE_FORMAT, n_weak, n_strong, flip,
-                          seed, str(dtype), str(autocast_dtype(device)))
-        path = Path(cache_dir) / f"views-{key}.npy"
-        embedded = not path.is_file()
-        if embedded:
+        return _split_views(embed(), n_weak), True
+    key = fingerprint(images, extractor, VIEW_CACHE_FORMAT, n_weak, n_strong, flip, seed,
+                      str(dtype), str(autocast_dtype(device)), params["embed_batch_size"])
+    path = Path(cache_dir) / f"views-{key}.npy"
+    # Under torchrun rank 0 decides (processes that look for themselves could disagree
+    # and wait for each other forever) and is the only one to write the file.
+    main = distributed.is_main_process()
+    check_same_images(images)  # a hit skips embed_views, which checks it otherwise
+    hit = distributed.broadcast_object(_readable_cache(path, shape, dtype) if main else None)
+    if hit:
+        return _split_views(DiskArray.open(path), n_weak), False
+    if not main:
+        views = embed()  # the gathered embeddings of every image, kept in memory
+    failure = None
+    if main:
+        try:
             with atomic_path(path) as tmp:
                 embed(DiskArray.create(tmp, shape, dtype)).sync()
+        except BaseException as error:  # the other processes must not wait for the file
+            failure = error
+    failed = distributed.broadcast_object(None if failure is None else repr(failure))
+    if failure is not None:
+        raise failure
+    if failed is not None:
+        raise RuntimeError(f"rank 0 could not write the view cache to {path}: {failed}")
+    if main:
         views = DiskArray.open(path)
-    return ViewCache(views[0], views[1 : 1 + n_weak], views[1 + n_weak :]), embedded
+    return _split_views(views, n_weak), True
+
+
+def _split_views(views, n_weak):
+    return ViewCache(views[0], views[1 : 1 + n_weak], views[1 + n_weak :])
+
+
+def _readable_cache(path, shape, dtype):
+    """Whether ``path`` holds a view cache of ``shape`` and ``dtype``; a file that does
+    not is recomputed and replaced (with a warning)."""
+    if not path.is_file():
+        return False
+    try:
+        stored = DiskArray.open(path)
+        problem = None
+        if (stored.shape, stored.dtype) != (tuple(shape), dtype):
+            problem = f"holds {stored.dtype} values of shape {stored.shape}"
+        elif path.stat().st_size < stored.nbytes_on_disk:
+            problem = "is truncated"
+    except (OSError, ValueError) as error:
+        problem = f"cannot be read ({error})"
+    if problem is None:
+        return True
+    warnings.warn(f"{path} {problem}, expected {dtype} values of shape {tuple(shape)}; "
+                  "embedding again and replacing it.", UserWarning, stacklevel=5)
+    return False

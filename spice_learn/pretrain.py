@@ -159,7 +159,8 @@ def pretrain_simclr(
     and the loss is NT-Xent over the gathered batch (:func:`contrastive_loss`),
     so the result equals a one-process run up to floating-point rounding. With a
     time budget, rank 0's clock decides; only rank 0 shows progress and writes
-    checkpoints.
+    checkpoints, and rank 0 reads the checkpoint to resume from and sends it to
+    the other processes.
 
     Returns
     -------
@@ -192,23 +193,25 @@ def _pretrain_simclr(
     amp = autocast_dtype(device, bf16_only=True)
     n = images.shape[0]
     batch = min(batch_size, n)
-    world = distributed.world_size()
-    if batch < world:
-        raise ValueError(f"batch_size (pretrain_batch_size) must be at least the number of "
-                         f"processes ({world}); got {batch} images per step.")
-    history, spent, checkpoint = [], 0.0, None
+    _check_batch(batch)
+    history, spent, checkpoint, fingerprint = [], 0.0, None, None
     if checkpoint_dir is not None:
         fingerprint = run_fingerprint(images, extractor, max_epochs, max_time, batch_size,
                                       learning_rate, temperature, projection_dim, flip, seed)
         checkpoint = Path(checkpoint_dir) / f"pretrain-{fingerprint[:20]}.pt"
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
+        # Rank 0 reads the checkpoint and every process resumes from its copy (processes
+        # that look for the file themselves could resume at different epochs).
+        state = distributed.broadcast_object(
+            _load_checkpoint(checkpoint, fingerprint) if distributed.is_main_process()
+            else None)
+        if state is not None:
             module.load_state_dict(state["module"])
             head.load_state_dict(state["head"])
             optimizer.load_state_dict(state["optimizer"])
             gen.set_state(state["generator"])
             history, spent, batch = list(state["history"]), float(state["spent"]), state["batch"]
+            _check_batch(batch, " (restored from the checkpoint)")
+            del state
     start = time.perf_counter() - spent
 
     def elapsed():  # rank 0's clock, so that every process takes the same decisions
@@ -232,8 +235,24 @@ def _pretrain_simclr(
             },
         )
     bar.close()
+    del net  # the DDP wrapper (its hooks and buffers) before the module is handed on
     module.eval().requires_grad_(False)
     return history
+
+
+def _check_batch(batch, where=""):
+    world = distributed.world_size()
+    if batch < world:
+        raise ValueError(f"batch_size (pretrain_batch_size) must be at least the number of "
+                         f"processes ({world}); got {batch} images per step{where}.")
+
+
+def _load_checkpoint(path, fingerprint):
+    """The state saved in ``path`` for the run ``fingerprint``, or None."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("fingerprint") == fingerprint else None
 
 
 def _train_epochs(

@@ -356,6 +356,7 @@ def _finetune(
             if max_time is not None and _elapsed(start) > max_time:
                 break
     bar.close()
+    del net  # the DDP wrapper, before the model is handed on
     if ema_decay > 0:
         model.load_state_dict(ema.state_dict())
     model.eval().requires_grad_(False)

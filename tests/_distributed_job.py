@@ -1,13 +1,16 @@
 """The work tests/test_distributed.py runs in one process and under
 ``torchrun --nproc_per_node=2`` (gloo, CPU): ``python _distributed_job.py OUT``
-saves each rank's results to ``OUT/rank<r>.pt``."""
+saves each rank's results to ``OUT/rank<r>.pt`` (and uses folders in ``OUT``
+as cache_dir and checkpoint_dir)."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import spice_learn.embedding
+import spice_learn.estimator
 import spice_learn.pretrain
 import spice_learn.spice_semi
 from spice_learn import SpiceClustering, distributed
@@ -105,6 +108,47 @@ def estimator():
             "predict": model.predict(pattern_images(n=20, size=16, seed=3))}
 
 
+def misuse():
+    """Errors raised in every process (none would wait for the others forever)."""
+    images = pattern_images(n=8, seed=distributed.rank())  # other images in each process
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
+    raised = {}
+    try:
+        embed_views(extractor, images, [None], batch_size=4, device=CPU)
+        raised["other_images"] = False
+    except ValueError as error:
+        raised["other_images"] = "every process must pass the same images" in str(error)
+    raised["semi_batch_size"] = False
+    if distributed.is_distributed():  # raised before any image is read
+        try:
+            SpiceClustering(4, backbone=extractor.module, semi="finetune", semi_batch_size=1,
+                            random_state=0).fit(images)
+        except ValueError as error:
+            raised["semi_batch_size"] = "semi_batch_size must be at least" in str(error)
+    return {key: torch.tensor(value) for key, value in raised.items()}
+
+
+def caches(folder):
+    """View cache in ``cache_dir`` (written by rank 0, then read by all) and
+    pretraining resumed from ``checkpoint_dir``, twice each."""
+    folder = Path(folder)
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
+    params = {"n_weak_views": 1, "n_strong_views": 1, "cache_dtype": "float32",
+              "embed_batch_size": 16, "device": CPU}
+    out = {}
+    for run in range(2):
+        cache, embedded = spice_learn.estimator._image_cache(
+            extractor, pattern_images(n=40), params, False, 5, 0, cache_dir=folder / "views")
+        out[f"views{run}"] = [cache.original[:], cache.weak[0][:], cache.strong[0][:]]
+        out[f"embedded{run}"] = torch.tensor(embedded)
+        history = pretrain_simclr(
+            build_backbone("spice_convnet4", None, (12, 12), seed=0), pattern_images(n=32),
+            max_epochs=1, max_time=None, batch_size=16, learning_rate=3e-3, temperature=0.5,
+            projection_dim=8, flip=False, seed=0, device=CPU, checkpoint_dir=folder / "ckpt")
+        out[f"history{run}"] = torch.tensor(history)
+    return out
+
+
 def float32_only():
     """No bfloat16 autocast (CPUs with AVX512-BF16 or AMX would use it): with
     bfloat16 rounding the runs would agree only to about 1e-2, and Adam's first
@@ -113,15 +157,16 @@ def float32_only():
         module.autocast_dtype = lambda *args, **kwargs: None
 
 
-def run_all():
+def run_all(folder):
     torch.set_num_threads(1)
     float32_only()
     return {"world_size": distributed.world_size(), "gradient": gradient_of_one_step(),
             "pretraining": pretraining(), "finetuning": finetuning(),
-            "embedding": embedding(), "estimator": estimator()}
+            "embedding": embedding(), "estimator": estimator(), "misuse": misuse(),
+            "caches": caches(folder)}
 
 
 if __name__ == "__main__":
     distributed.setup(CPU)  # joins the gloo group that torchrun describes
-    results = run_all()
+    results = run_all(sys.argv[1])
     torch.save(results, f"{sys.argv[1]}/rank{distributed.rank()}.pt")

@@ -1,10 +1,13 @@
 """cache_dir: view embeddings on disk, reused by later fits, read per minibatch."""
 
+import os
 import pickle
+import stat
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from torch import nn
 
 import spice_learn.estimator as estimator_module
 from spice_learn import SpiceClustering
-from spice_learn.disk_cache import DiskArray, atomic_path
+from spice_learn.disk_cache import DiskArray, atomic_path, fingerprint, tensor_bytes
 
 
 class SmallNet(nn.Module):
@@ -82,6 +85,55 @@ def test_disk_array_reads_like_the_tensor(stored):
     torch.testing.assert_close(array[1:3][1][idx], values[2][idx], rtol=0, atol=0)
 
 
+def test_disk_array_indexing_edge_cases(stored):
+    array, values = stored
+    # negative positions count from the end, as for a tensor
+    torch.testing.assert_close(array[1][torch.tensor([-1, -50, 2])],
+                               values[1][torch.tensor([-1, -50, 2])], rtol=0, atol=0)
+    torch.testing.assert_close(array[torch.tensor([-1]), torch.tensor([-2])],
+                               values[-1:, -2], rtol=0, atol=0)
+    torch.testing.assert_close(array[-1, 3:7], values[-1, 3:7], rtol=0, atol=0)
+    # empty selections read empty tensors
+    assert array[0][5:5].shape == (0, 4) and array[0][10:2].shape == (0, 4)
+    assert array[0][torch.zeros(0, dtype=torch.long)].shape == (0, 4)
+    assert array[2:1].shape == (0, 50, 4)
+    for key in (50, -51, [0, 50], torch.tensor([-51])):
+        with pytest.raises(IndexError):
+            array[0][key]
+    with pytest.raises(IndexError):
+        array[torch.tensor([3]), torch.tensor([0])]
+    with pytest.raises(IndexError):
+        array[3]
+    for key in (torch.ones(50, dtype=torch.bool), np.ones(50, bool), True,
+                torch.tensor([1.0, 2.0]), "a"):
+        with pytest.raises(TypeError):
+            array[0][key]
+    with pytest.raises(TypeError):
+        array[True]
+
+
+def test_fingerprint_hashes_without_a_copy_and_sees_every_byte():
+    extractor = SimpleNamespace(name="x", input_size=(4, 4), module=nn.Linear(2, 2))
+    images = torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
+    base = fingerprint(images, extractor)
+    images[2, 2, 3, 3] = 1
+    assert fingerprint(images, extractor) != base
+    assert fingerprint(images.transpose(2, 3), extractor) != base
+    hashed = tensor_bytes(images)  # the images' own memory, not a copy
+    images[0, 0, 0, 0] = 7
+    assert hashed[0] == 7 and len(hashed) == images.numel()
+
+
+def test_atomic_path_gives_the_files_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o644
+
+
 def test_disk_array_is_a_npy_file_and_pickles_without_data(stored):
     array, values = stored
     np.testing.assert_array_equal(np.load(array.path, mmap_mode="r"), values.numpy())
@@ -138,6 +190,38 @@ def test_other_settings_use_another_file(tmp_path, embed_calls, change):
     _model(cache_dir=tmp_path).fit(_images())
     _model(cache_dir=tmp_path, **change).fit(_images())
     assert len(embed_calls) == 2 and len(_stored(tmp_path)) == 2
+
+
+def test_another_embed_batch_size_uses_another_file(tmp_path, embed_calls):
+    # the augmentations are seeded per block of embed_batch_size
+    _model(cache_dir=tmp_path, embed_batch_size=16).fit(_images())
+    _model(cache_dir=tmp_path, embed_batch_size=8).fit(_images())
+    assert len(embed_calls) == 2 and len(_stored(tmp_path)) == 2
+
+
+def test_cache_dir_without_random_state_warns(tmp_path):
+    with pytest.warns(UserWarning, match="set random_state to reuse the cache"):
+        _model(cache_dir=tmp_path, random_state=None, semi=None).fit(_images())
+
+
+def test_a_cache_file_of_the_wrong_shape_is_replaced(tmp_path, embed_calls):
+    X = _images()
+    first = _model(cache_dir=tmp_path).fit(X)
+    (name,) = _stored(tmp_path)
+    np.save(tmp_path / name, np.zeros((2, 3, 4), np.float32))  # a foreign file
+    with pytest.warns(UserWarning, match="embedding again and replacing it"):
+        second = _model(cache_dir=tmp_path).fit(X)
+    assert len(embed_calls) == 2 and _stored(tmp_path) == [name]
+    _same_fit(second, first)
+    _model(cache_dir=tmp_path).fit(X)  # the replaced file is read again
+    assert len(embed_calls) == 2
+
+
+def test_cache_dir_is_not_checked_with_precomputed_features(tmp_path):
+    (tmp_path / "file").write_text("x")
+    features = np.random.default_rng(0).normal(size=(30, 5))
+    SpiceClustering(3, backbone="precomputed", max_epochs=2, semi=None, random_state=0,
+                    cache_dir=tmp_path / "file" / "cache").fit(features)
 
 
 def test_other_images_use_another_file(tmp_path, embed_calls):

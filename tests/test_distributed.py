@@ -89,7 +89,7 @@ def runs(tmp_path_factory):
     sys.path.insert(0, str(HERE))
     import _distributed_job
 
-    single = _distributed_job.run_all()
+    single = _distributed_job.run_all(tmp_path_factory.mktemp("single"))
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return single, ranks
 
@@ -148,3 +148,21 @@ def test_estimator_under_torchrun_matches_one_process(runs):
     np.testing.assert_allclose(two["pretrain_history"], one["pretrain_history"], atol=0.02)
     assert (two["labels"] == one["labels"]).mean() >= 0.9
     assert (two["predict"] == one["predict"]).mean() >= 0.9
+
+
+def test_misuse_raises_in_every_process(runs):
+    single, ranks = runs
+    for run in ranks:
+        assert all(bool(v) for v in run["misuse"].values()), run["misuse"]
+    assert not any(bool(v) for v in single["misuse"].values())  # one process: no error
+
+
+def test_cache_dir_and_checkpoint_dir_under_torchrun(runs):
+    single, ranks = runs
+    for run in ranks:
+        caches = run["caches"]
+        assert bool(caches["embedded0"]) and not bool(caches["embedded1"])
+        for name in ("views0", "views1"):
+            for got, want in zip(caches[name], single["caches"]["views0"], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        assert caches["history1"].tolist() == caches["history0"].tolist()

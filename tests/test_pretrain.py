@@ -253,6 +253,17 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
         assert torch.equal(fresh.module.state_dict()[key], value), key
 
 
+def test_batch_restored_from_a_checkpoint_is_checked(tmp_path, monkeypatch):
+    _pretrain(epochs=1, checkpoint_dir=tmp_path)
+    (path,) = tmp_path.glob("pretrain-*.pt")
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "batch": 2}, path)  # halved after out-of-memory errors
+    monkeypatch.setattr("spice_learn.distributed.world_size", lambda: 4)
+    with pytest.raises(ValueError, match=r"at least the number of processes \(4\); got 2 "
+                                         r"images per step \(restored from the checkpoint\)"):
+        _pretrain(epochs=1, checkpoint_dir=tmp_path)
+
+
 def test_finished_checkpoint_skips_training(tmp_path, monkeypatch):
     first, history = _pretrain(epochs=2, checkpoint_dir=tmp_path)
     monkeypatch.setattr("spice_learn.pretrain.nt_xent_loss",
