@@ -582,7 +582,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
         Each round scores every sample's reliability against the current
         clusters, refines the classifier on the reliable ones (:meth:`_refine`)
-        and hands its clusters to the next round. Returns the classifier, the
+        and hands its clusters to the next round. A round that leaves a
+        non-empty cluster empty is undone and ends SPICE-Semi (a label-free
+        check: ``n_clusters`` is the user's choice). Returns the classifier, the
         embeddings it was trained for, the last round's reliability scores and
         mask (None when no round ran) and the concatenated step history.
         """
@@ -594,37 +596,52 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         reliability = reliable = neighbors = None
         histories = []
         for round_ in range(self.semi_rounds):
+            kept = ("the SPICE-Self clustering is kept" if round_ == 0 else
+                    f"the clustering of round {round_} is kept")
             if neighbors is None:
                 neighbors = nearest_neighbors(features, n_s, device=params["device"])
             scores = distributed.broadcast_object(reliability_scores(neighbors, labels))
             mask = scores >= self.reliability_threshold
-            if round_ == 0:  # reported even when nothing is reliable
+            if round_ == 0:  # reported even when the round is not used
                 reliability, reliable = scores, mask
             if not mask.any():
-                kept = ("the SPICE-Self clustering is kept" if round_ == 0 else
-                        f"SPICE-Semi stops after {round_} round(s)")
                 warnings.warn(
                     f"SPICE-Semi round {round_ + 1}: no sample has a reliability of at least "
                     f"reliability_threshold={self.reliability_threshold} among its {n_s} "
-                    f"neighbours; {kept}.", UserWarning, stacklevel=3,
+                    f"neighbours; {kept}.", UserWarning, stacklevel=4,
                 )
                 break
-            reliability, reliable = scores, mask
-            classifier, history = self._refine(
-                params, cache, classifier, extractor, images, labels, reliable, flip,
+            saved = None
+            if params["semi"] == "finetune":  # trained in place: keep a copy to go back to
+                saved = [{k: v.clone() for k, v in m.state_dict().items()}
+                         for m in (extractor.module, classifier)]
+            new_classifier, history = self._refine(
+                params, cache, classifier, extractor, images, labels, mask, flip,
                 seed + round_, verbose,
             )
-            histories.append(history)
-            if params["semi"] == "finetune":  # the backbone changed: embed again
-                features = embed_images(extractor, images, batch_size=self.embed_batch_size,
-                                        device=params["device"], verbose=verbose)
-                neighbors = None
+            new_features = features
+            if saved is not None:  # the backbone changed: embed again
+                new_features = embed_images(extractor, images, batch_size=self.embed_batch_size,
+                                            device=params["device"], verbose=verbose)
             new_labels = distributed.broadcast_object(
-                head_probabilities(classifier, features)[0].argmax(dim=1).cpu().numpy())
-            log(f"SPICE-Semi ({params['semi']}) round {round_ + 1}: {reliable.mean():.1%} "
+                head_probabilities(new_classifier, new_features)[0].argmax(dim=1).cpu().numpy())
+            before, after = len(np.unique(labels)), len(np.unique(new_labels))
+            if after < before:  # a label-free sign that the round went wrong
+                warnings.warn(
+                    f"SPICE-Semi round {round_ + 1} emptied {before - after} of the {before} "
+                    f"clusters it started from; {kept}.", UserWarning, stacklevel=4,
+                )
+                if saved is not None:
+                    extractor.module.load_state_dict(saved[0])
+                    classifier.load_state_dict(saved[1])
+                break
+            log(f"SPICE-Semi ({params['semi']}) round {round_ + 1}: {mask.mean():.1%} "
                 f"reliable samples ({n_s} neighbours), {len(history)} steps, "
                 f"{(new_labels != labels).mean():.1%} of the labels changed")
-            labels = new_labels
+            classifier, features, labels = new_classifier, new_features, new_labels
+            reliability, reliable = scores, mask
+            histories.append(history)
+            neighbors = None if saved is not None else neighbors
         history = np.concatenate(histories) if histories else None
         return classifier, features, reliability, reliable, history
 

@@ -669,14 +669,14 @@ def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
         return head, history
 
     monkeypatch.setattr(estimator_module, "train_semi_head", spy)
-    est = fast_precomputed(n_neighbors=10, semi_steps=7, semi_rounds=3).fit(X)
+    est = fast_precomputed(n_neighbors=10, semi_steps=200, semi_rounds=3).fit(X)
     assert len(calls) == 3
     np.testing.assert_array_equal(calls[0][0], est.self_labels_)
     for before, after in zip(calls, calls[1:]):
         np.testing.assert_array_equal(after[0], before[2])  # the next round's targets
     np.testing.assert_array_equal(est.labels_, calls[-1][2])
     np.testing.assert_array_equal(est.reliable_mask_, calls[-1][1])
-    assert est.semi_history_.shape == (3 * 7, 3)
+    assert est.semi_history_.shape == (3 * 200, 3)
 
 
 def test_no_reliable_sample_warns_and_keeps_spice_self(monkeypatch):
@@ -836,3 +836,28 @@ def test_cuda_fitted_model_predicts_in_a_process_without_cuda(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
+
+
+def test_a_semi_round_that_empties_a_cluster_is_undone(monkeypatch):
+    X, _ = blobs(n=150)
+    calls = []
+    real = estimator_module.train_semi_head
+
+    def spy(cache, labels, reliable, **kwargs):
+        head, history = real(cache, labels, reliable, **kwargs)
+        if calls:  # the second round: a head that puts everything in cluster 0
+            with torch.no_grad():
+                head.w2.zero_()
+                head.b2.copy_(torch.tensor([[5.0] + [0.0] * (head.b2.shape[1] - 1)]))
+        calls.append(estimator_module.head_probabilities(head, cache.original)[0]
+                     .argmax(dim=1).numpy())
+        return head, history
+
+    monkeypatch.setattr(estimator_module, "train_semi_head", spy)
+    est = fast_precomputed(n_neighbors=10, semi_steps=200, semi_rounds=3)
+    with pytest.warns(UserWarning, match="round 2 emptied .* clustering of round 1 is kept"):
+        est.fit(X)
+    assert len(calls) == 2 and len(np.unique(calls[1])) == 1
+    np.testing.assert_array_equal(est.labels_, calls[0])
+    np.testing.assert_array_equal(est.predict(X), calls[0])
+    assert est.semi_history_.shape == (200, 3)
