@@ -116,7 +116,7 @@ def _cluster(args):
     try:
         from .plotting import plot_cluster_grid
 
-        fig = plot_cluster_grid(images, model.labels_, confidence,
+        fig = plot_cluster_grid(images, model.labels_, confidence, n_clusters=args.n_clusters,
                                 title=f"{root.name}: most confident images per cluster")
         fig.savefig(out / "overview.png", dpi=100)
         written.append(out / "overview.png")

@@ -39,7 +39,8 @@ def prototypical_indices(labels, confidence, n_per_cluster):
     return out
 
 
-def plot_cluster_grid(images, labels, confidence, *, n_per_cluster=8, title=None):
+def plot_cluster_grid(images, labels, confidence, *, n_per_cluster=8, n_clusters=None,
+                      title=None):
     """A row per cluster with its ``n_per_cluster`` most confident images.
 
     Parameters
@@ -49,12 +50,17 @@ def plot_cluster_grid(images, labels, confidence, *, n_per_cluster=8, title=None
     confidence : array-like of shape (n_samples,)
         E.g. ``model.predict_proba(X).max(axis=1)``.
     n_per_cluster : int
+    n_clusters : int, optional
+        Show clusters ``0 .. n_clusters - 1``, empty ones included (marked
+        "empty"); by default only the clusters present in ``labels``.
     title : str, optional
     """
     plt = _pyplot()
     pics = as_images(images).permute(0, 2, 3, 1).numpy()
     rows = prototypical_indices(labels, confidence, n_per_cluster)
-    sizes = np.bincount(np.asarray(labels))
+    if n_clusters is not None:
+        rows = {c: rows.get(c, []) for c in range(n_clusters)}
+    sizes = np.bincount(np.asarray(labels), minlength=n_clusters or 0)
     fig, axes = plt.subplots(len(rows), n_per_cluster, squeeze=False,
                              figsize=(1.1 * n_per_cluster + 1.2, 1.1 * len(rows) + 0.8))
     for r, (cluster, idx) in enumerate(rows.items()):
@@ -66,7 +72,8 @@ def plot_cluster_grid(images, labels, confidence, *, n_per_cluster=8, title=None
                 side.set_visible(False)
             if c < len(idx):
                 ax.imshow(pics[idx[c]], interpolation="nearest")
-        axes[r, 0].set_ylabel(f"cluster {cluster}\n(n={sizes[cluster]})", rotation=0,
+        size = f"n={sizes[cluster]}" if sizes[cluster] else "empty"
+        axes[r, 0].set_ylabel(f"cluster {cluster}\n({size})", rotation=0,
                               ha="right", va="center", fontsize=9)
     fig.suptitle(title or f"Most confident images of each cluster (top {n_per_cluster})")
     fig.tight_layout()

@@ -45,6 +45,16 @@ def test_cluster_grid_has_one_row_per_cluster():
     assert sum(len(ax.images) for ax in fig.axes) == 12
 
 
+def test_cluster_grid_can_show_empty_clusters():
+    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    labels = np.repeat([0, 2], 6)  # cluster 1 is empty
+    fig = plot_cluster_grid(images, labels, np.linspace(0, 1, 12), n_per_cluster=4,
+                            n_clusters=3)
+    names = [ax.get_ylabel() for ax in fig.axes[::4]]
+    assert names == ["cluster 0\n(n=6)", "cluster 1\n(empty)", "cluster 2\n(n=6)"]
+    assert [len(ax.images) for ax in fig.axes[4:8]] == [0, 0, 0, 0]
+
+
 def test_confusion_matrix_after_matching():
     y = np.array([0, 0, 1, 1, 2, 2])
     labels = np.array([2, 2, 0, 0, 1, 1])  # a perfect clustering with permuted ids
