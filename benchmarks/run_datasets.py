@@ -93,13 +93,26 @@ def worker(name, pretrain_minutes, seed):
             "input_size": list(model.backbone_.input_size),
             "pretrain_epochs_done": len(model.pretrain_history_),
             "pretrain_minutes": None if name == "digits" else pretrain_minutes,
-            "peak_rss_mib": peak_mib, "rows": rows, "seed": seed,
+            "peak_rss_mib": peak_mib, "rows": rows, "seed": seed, "commit": _commit(),
             "semi_seconds": semi_seconds[0],
             "reliable_share": float(model.reliable_mask_.mean()),
             "reliable_acc": float(clustering_scores(y[model.reliable_mask_],
                                                     model.self_labels_[model.reliable_mask_])["acc"])
             if model.reliable_mask_.any() else None}
     print("RESULT " + json.dumps(info), flush=True)
+
+
+def _commit():
+    """The repository's commit (short hash; "+" when the tree has changes), or None."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "spice_learn"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
 
 
 def table(results):
@@ -112,8 +125,10 @@ def table(results):
         "pretraining budget is the binding limit; the learning-rate schedule follows it); "
         "digits ran the demo's defaults (100 epochs, no budget). The SPICE-Self and "
         "SPICE-Semi rows come from the same fit: `self_labels_` (selected head) and "
-        "`labels_` (after SPICE-Semi \"head\": reliable samples from 100 neighbours, "
-        "tau_c = 0.95, 1000 FixMatch steps on the cached views); the SPICE-Self time "
+        "`labels_` (after SPICE-Semi \"head\" with its defaults: reliable samples at "
+        "tau_c = 0.95 among `n_neighbors=\"auto\"` neighbours, 2 rounds of 1000 FixMatch "
+        "steps on the cached views, class-balanced draws). Rows measured with an earlier "
+        "version of the library say so in their notes. The SPICE-Self time "
         "excludes SPICE-Semi, the SPICE-Semi time is the whole fit. Peak memory is the "
         "process's peak resident set (data, model, cache). Targets are the best published "
         "results (SPC; digits: this project's bar).",
@@ -136,6 +151,9 @@ def table(results):
                 note = (f"{r['reliable_share']:.0%} reliable"
                         + (f" (their SPICE-Self ACC {acc:.3f})" if acc is not None else "")
                         + f"; SPICE-Semi took {r['semi_seconds']:.0f} s")
+                note += (f"; commit {r['commit']}" if r.get("commit") else
+                         "; **earlier version** (bd4d7a3 or before: 1 SPICE-Semi round, "
+                         "100 neighbours, uniform draws)")
             lines.append(
                 f"| {label if i == 0 else ''} | {row['method']} | {row['acc']:.3f} | "
                 f"{row['nmi']:.3f} | {row['ari']:.3f} | {row['seconds']:.0f} | "
@@ -151,10 +169,18 @@ def main(argv=None):
     parser.add_argument("--pretrain-minutes", type=float, nargs="+", default=[0, 5, 5, 12, 8],
                         help="pretraining budget per data set (one value, or one per data set)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the docs/benchmarks.md section from the stored results")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.pretrain_minutes[0], args.seed)
+    if args.table_only:
+        order = list(LOADERS)
+        results = sorted(json.loads(RESULTS.read_text()),
+                         key=lambda r: order.index(r["dataset"]))
+        print(f"wrote {write_section('datasets', table(results))}")
+        return None
     budgets = args.pretrain_minutes
     budgets = budgets * len(args.datasets) if len(budgets) == 1 else budgets
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
