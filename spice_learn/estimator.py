@@ -221,8 +221,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         SPICE-Semi rounds. The paper runs one; each further round estimates
         the reliable samples again from the previous round's clusters and
         trains again on them (self-training: a fresh classifier in the "head"
-        mode; the same backbone and classifier go on in "finetune"); measured against 1
-        round with the same features by ``benchmarks/run_semi_rounds.py``.
+        mode; the same backbone and classifier go on in "finetune").
+        ``benchmarks/run_semi_rounds.py`` compares 1 and 2 rounds on the same
+        features.
         Rounds stop early when no sample is reliable.
     semi_time : float or None, default=None
         Wall-clock budget of each SPICE-Semi round in seconds (None: no budget).
