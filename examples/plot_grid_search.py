@@ -63,7 +63,7 @@ print("accuracy choice:  ", labelled.best_params_)
 # -------------------------------------------
 names = [f"r={p['spiceclustering__confidence_ratio']}\nsemi={p['spiceclustering__semi']}"
          for p in free.cv_results_["params"]]
-fig, ax1 = plt.subplots(figsize=(8, 4))
+fig, ax1 = plt.subplots(figsize=(8, 4.4))
 pos = np.arange(len(names))
 ax1.bar(pos - 0.2, free.cv_results_["mean_test_score"], 0.4, label="label-free score")
 ax2 = ax1.twinx()
@@ -74,8 +74,8 @@ ax1.set_ylabel("label-free score (higher is better)")
 ax2.set_ylabel("Hungarian accuracy")
 ax1.set_xlabel("setting")
 ax1.set_title("GridSearchCV on digits: label-free score vs accuracy, 2-fold means")
-fig.legend(loc="lower right")
-fig.tight_layout()
+fig.legend(loc="lower center", ncol=2)  # below the axes: never over a bar or a tick label
+fig.tight_layout(rect=(0, 0.07, 1, 1))
 OUT = Path(os.environ.get("SPICE_LEARN_FIGURES", "figures"))
 OUT.mkdir(parents=True, exist_ok=True)
 fig.savefig(OUT / "grid_search.png")
