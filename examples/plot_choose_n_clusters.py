@@ -9,6 +9,12 @@ pseudo-label on a strong view, 0 means uniform predictions. Here the backbone is
 pretrained once with :class:`~spice_learn.ImageEmbedder` and reused for every
 ``k`` (``backbone=embedder.backbone_``), and each model is scored on held-out
 digits. The true number of digit classes (10) is shown only for reference.
+
+The score is a guide, not an oracle: fewer, larger clusters are easier to
+predict confidently, so the curve tends to fall as ``k`` grows (with a weak
+backbone, e.g. few pretraining epochs, it may simply fall). Look for a knee or a
+plateau rather than the maximum, and look at the cluster grids of the
+candidates before choosing.
 """
 
 # %%
