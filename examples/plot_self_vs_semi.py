@@ -51,7 +51,7 @@ axes[0].legend()
 axes[1].hist(model.reliability_, bins=20, color="tab:green")
 axes[1].axvline(model.reliability_threshold, color="black", linestyle="--",
                 label=f"tau_c = {model.reliability_threshold}")
-axes[1].set_xlabel("share of the 100 neighbours in the same cluster")
+axes[1].set_xlabel("share of its nearest neighbours in the same cluster")
 axes[1].set_ylabel("images")
 axes[1].set_title("Reliability of the SPICE-Self labels")
 axes[1].legend()
