@@ -4,8 +4,10 @@ SPICE-Self versus SPICE-Semi
 
 One fit gives both results on the same features: ``self_labels_`` is the
 selected SPICE-Self head, ``labels_`` the classifier retrained by SPICE-Semi on
-the *reliable* samples (those whose 100 nearest neighbours mostly share their
-cluster) with FixMatch consistency. ``reliable_mask_`` tells which training
+the *reliable* samples (those whose nearest neighbours, about 30 here with
+``n_neighbors="auto"``, at least 95 % share their cluster) with FixMatch
+consistency, in two rounds. If a round would empty a cluster it is undone, and
+SPICE-Semi then equals SPICE-Self (as can happen with few pretraining epochs). ``reliable_mask_`` tells which training
 images the model is confident about, which is useful to clean a data set.
 """
 
