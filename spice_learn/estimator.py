@@ -614,16 +614,17 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 break
             saved = None
             if params["semi"] == "finetune":  # trained in place: keep a copy to go back to
-                saved = [{k: v.clone() for k, v in m.state_dict().items()}
+                saved = [{name: v.clone() for name, v in m.state_dict().items()}
                          for m in (extractor.module, classifier)]
             new_classifier, history = self._refine(
                 params, cache, classifier, extractor, images, labels, mask, flip,
                 seed + round_, verbose,
             )
             new_features = features
-            if saved is not None:  # the backbone changed: embed again
+            if saved is not None:  # the backbone changed: embed again, search again
                 new_features = embed_images(extractor, images, batch_size=self.embed_batch_size,
                                             device=params["device"], verbose=verbose)
+                neighbors = None  # (an undone round ends the loop, so this is never stale)
             new_labels = distributed.broadcast_object(
                 head_probabilities(new_classifier, new_features)[0].argmax(dim=1).cpu().numpy())
             before, after = len(np.unique(labels)), len(np.unique(new_labels))
@@ -642,7 +643,6 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             classifier, features, labels = new_classifier, new_features, new_labels
             reliability, reliable = scores, mask
             histories.append(history)
-            neighbors = None if saved is not None else neighbors
         history = np.concatenate(histories) if histories else None
         return classifier, features, reliability, reliable, history
 
