@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DiskArray", "atomic_path", "fingerprint", "tensor_bytes"]
+from .image_stream import ImageStream
+
+__all__ = ["DiskArray", "atomic_path", "fingerprint", "hash_images", "tensor_bytes"]
 
 
 def fingerprint(images, extractor, *settings):
@@ -29,7 +31,7 @@ def fingerprint(images, extractor, *settings):
 
     Parameters
     ----------
-    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W), or ImageStream
     extractor : FeatureExtractor
     *settings
         Values with a stable ``repr`` (numbers, strings, tuples).
@@ -40,12 +42,22 @@ def fingerprint(images, extractor, *settings):
         64 hexadecimal digits (SHA-256).
     """
     digest = hashlib.sha256()
-    digest.update(repr((tuple(images.shape), extractor.name, extractor.input_size, settings))
-                  .encode())
-    digest.update(tensor_bytes(images))
+    digest.update(repr((extractor.name, extractor.input_size, settings)).encode())
+    hash_images(digest, images)
     for value in extractor.module.state_dict().values():
         digest.update(tensor_bytes(value.detach().cpu()))
     return digest.hexdigest()
+
+
+def hash_images(digest, images):
+    """Feed ``digest`` (a :mod:`hashlib` object) with the identity of ``images``: the
+    shape and bytes of a uint8 tensor, or :meth:`ImageStream.update_digest` (paths,
+    sizes and modification times of files; the decoded images of a dataset)."""
+    if isinstance(images, ImageStream):
+        images.update_digest(digest)
+    else:
+        digest.update(repr(tuple(images.shape)).encode())
+        digest.update(tensor_bytes(images))
 
 
 def tensor_bytes(tensor):

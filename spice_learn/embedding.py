@@ -22,7 +22,8 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from . import distributed
-from .disk_cache import tensor_bytes
+from .disk_cache import hash_images
+from .image_stream import image_batches
 from .validation import torch_threads
 
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
@@ -106,7 +107,9 @@ def embed_views(
     Parameters
     ----------
     extractor : FeatureExtractor
-    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W), or ImageStream
+        An :class:`~spice_learn.image_stream.ImageStream` is read block by block
+        through its DataLoader.
     transforms : list of callables or None
         One entry per view; None is the original image. Each callable takes
         and returns one ``(3, h, w)`` uint8 image at the extractor's input size.
@@ -155,9 +158,11 @@ def embed_views(
     forward = _Forward(extractor, module, device)
     try:
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            for start in range(lo, hi, batch_size):  # CPU RNG only: fork_rng restores it
+            starts = range(lo, hi, batch_size)
+            blocks = image_batches(images, (slice(s, min(s + batch_size, hi)) for s in starts),
+                                   pin_memory=device.type == "cuda")
+            for start, block in zip(starts, blocks):  # CPU RNG only: fork_rng restores it
                 torch.default_generator.manual_seed(_block_seed(seed, start // batch_size))
-                block = images[start : min(start + batch_size, hi)]
                 if list(block.shape[-2:]) != list(extractor.input_size):
                     block = TF.resize(block, list(extractor.input_size), antialias=True)
                 for v, t in enumerate(transforms):
@@ -181,8 +186,9 @@ def check_same_images(images):
     different images (compared by shape and a hash; nothing to do in one process)."""
     if not distributed.is_distributed():
         return
-    digest = (tuple(images.shape), str(images.dtype),
-              hashlib.blake2b(tensor_bytes(images), digest_size=16).hexdigest())
+    content = hashlib.blake2b(digest_size=16)
+    hash_images(content, images)
+    digest = (tuple(images.shape), str(images.dtype), content.hexdigest())
     digests = distributed.all_gather_object(digest)
     if any(d != digests[0] for d in digests):
         shapes = ", ".join(f"rank {r}: {d[0]}" for r, d in enumerate(digests))

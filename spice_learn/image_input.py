@@ -12,7 +12,10 @@ Accepted image inputs
 * a list or tuple of :class:`PIL.Image.Image`;
 * a list or tuple of file paths (``str`` or :class:`os.PathLike`);
 * a directory (``str`` or :class:`os.PathLike`), searched recursively for files
-  with an image extension (see :data:`IMAGE_EXTENSIONS`).
+  with an image extension (see :data:`IMAGE_EXTENSIONS`);
+* an :class:`~spice_learn.image_stream.ImageStream` or a
+  :class:`torch.utils.data.Dataset`: not loaded, but read batch by batch where
+  they are used (for images that do not fit in memory).
 
 Grayscale images are repeated to 3 channels. Images of different sizes are
 resized (bilinear) to the most common size among them.
@@ -74,8 +77,10 @@ def as_images(X):
 
     Returns
     -------
-    images : torch.Tensor of dtype uint8 and shape (N, 3, H, W)
-        A new tensor that shares no memory with ``X``.
+    images : torch.Tensor of dtype uint8 and shape (N, 3, H, W), or ImageStream
+        A new tensor that shares no memory with ``X``; an
+        :class:`~spice_learn.image_stream.ImageStream` is returned as it is, and
+        a :class:`torch.utils.data.Dataset` becomes one (streamed, not loaded).
 
     Raises
     ------
@@ -85,6 +90,12 @@ def as_images(X):
         For empty input, a wrong number of dimensions or channels, NaN/inf or
         out-of-range values, or an unreadable file (the message names the file).
     """
+    from .image_stream import ImageStream  # it builds on this module
+
+    if isinstance(X, ImageStream):
+        return X  # read-only: decoded batch by batch where it is used
+    if isinstance(X, torch.utils.data.Dataset):
+        return ImageStream(X)
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)
         if path.is_dir():

@@ -56,8 +56,10 @@ def plot_cluster_grid(images, labels, confidence, *, n_per_cluster=8, n_clusters
     title : str, optional
     """
     plt = _pyplot()
-    pics = as_images(images).permute(0, 2, 3, 1).numpy()
+    images = as_images(images)
     rows = prototypical_indices(labels, confidence, n_per_cluster)
+    shown = sorted({int(i) for idx in rows.values() for i in idx})
+    pics = dict(zip(shown, images[shown].permute(0, 2, 3, 1).numpy()))  # only the shown ones
     if n_clusters is not None:
         rows = {c: rows.get(c, []) for c in range(n_clusters)}
     sizes = np.bincount(np.asarray(labels), minlength=n_clusters or 0)

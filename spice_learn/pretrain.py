@@ -35,6 +35,7 @@ from .batch_augment import contrastive_augment
 from .disk_cache import atomic_path
 from .disk_cache import fingerprint as run_fingerprint
 from .embedding import autocast_dtype, halve_after_oom, isolated_rng
+from .image_stream import image_batches
 
 __all__ = ["nt_xent_loss", "ProjectionHead", "pretrain_simclr"]
 
@@ -116,7 +117,7 @@ def pretrain_simclr(
     ----------
     extractor : FeatureExtractor
         Its module is trained (it must be the caller's own copy).
-    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W), or ImageStream
     max_epochs : int
         Upper bound on passes over the data; the cosine learning-rate schedule
         spans this many epochs.
@@ -267,7 +268,7 @@ def _train_epochs(
         if history and max_time is not None and elapsed() > max_time:
             break  # a resumed run whose budget is spent (a fresh run does one step at least)
         perm = torch.randperm(n, generator=gen)
-        losses, b = [], 0
+        losses, b, reader = [], 0, None
         while b < max(1, n // batch):
             steps_per_epoch = max(1, n // batch)
             progress = (epoch + b / steps_per_epoch) / max_epochs
@@ -277,15 +278,15 @@ def _train_epochs(
             lr = 0.5 * learning_rate * (1 + math.cos(math.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = perm[b * batch : (b + 1) * batch]
-            lo, hi = distributed.shard_range(len(idx))
-            x = images[idx[lo:hi]]
+            if reader is None:  # this process's rows of the epoch's batches, from batch b on
+                reader = _epoch_batches(images, perm, b, batch, pin=device.type == "cuda")
+            lo, hi, n_idx, x = next(reader)
             if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
                 x = TF.resize(x, size, antialias=True)
             out_of_memory = False
             try:
                 x = x.to(device, non_blocking=True).float().div_(255)
-                views = [((augment(x, gen, rows=(lo, hi, len(idx))) - mean) / std)
+                views = [((augment(x, gen, rows=(lo, hi, n_idx)) - mean) / std)
                          .contiguous(memory_format=torch.channels_last) for _ in range(2)]
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss = contrastive_loss(net, views, temperature)
@@ -302,6 +303,7 @@ def _train_epochs(
                 position = b * batch
                 batch = halve_after_oom(batch, device, "pretraining")
                 b = position // batch  # the same place in the epoch, in smaller steps
+                reader = None
                 continue
             losses.append(loss.detach())
             b += 1
@@ -313,6 +315,20 @@ def _train_epochs(
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {**checkpoint_state(), "batch": batch})
+
+
+def _epoch_batches(images, perm, first, batch, *, pin):
+    """``(lo, hi, len(idx), images[idx[lo:hi]])`` for the batches ``idx`` of ``perm``
+    from batch ``first`` on, where ``lo:hi`` is this process's share of ``idx``; an
+    ImageStream decodes them ahead, in its DataLoader."""
+    shares = []
+    for b in range(first, max(1, len(perm) // batch)):
+        idx = perm[b * batch : (b + 1) * batch]
+        lo, hi = distributed.shard_range(len(idx))
+        shares.append((lo, hi, len(idx), idx[lo:hi]))
+    for (lo, hi, n_idx, _), x in zip(shares, image_batches(images, (s[3] for s in shares),
+                                                           pin_memory=pin)):
+        yield lo, hi, n_idx, x
 
 
 def _save_checkpoint(path, state):

@@ -54,7 +54,7 @@ def learn_representation(
         A timm name or "auto", a user module, or a fitted extractor (deep-copied:
         the caller's object is never trained).
     weights : None, "pretrained" or path-like
-    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W), or ImageStream
     pretrain : bool
         Whether to run SimCLR (see :func:`wants_pretraining`).
     small_stem, flip

@@ -248,7 +248,7 @@ def finetune(
     classifier : MultiHeadClassifier
         One head on L2-normalised features (e.g. the selected SPICE-Self head);
         trained in place, ends up holding the EMA weights.
-    images : torch.Tensor of dtype uint8, shape (N, 3, H, W)
+    images : torch.Tensor of dtype uint8, shape (N, 3, H, W), or ImageStream
     labels, reliable : array-like of shape (N,)
         SPICE-Self clusters and the reliable mask.
     n_steps : int
