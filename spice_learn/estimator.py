@@ -291,6 +291,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     reliable_mask_ : ndarray of shape (n_samples,), bool, or None
         ``reliability_ >= reliability_threshold``: the training samples the
         model is confident about (useful to clean a data set).
+    n_neighbors_ : int or None
+        The number of neighbours SPICE-Semi's reliability used (``n_neighbors``
+        resolved for this data set; None when ``semi=None``).
     semi_history_ : ndarray of shape (n_steps, 3) or None
         Per SPICE-Semi step, all rounds one after the other: supervised loss, unlabelled loss and share of
         unlabelled samples above ``semi_threshold``.
@@ -422,12 +425,14 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             features = torch.from_numpy(as_features(X))
             self._check_n_samples(features.shape[0])
             _resolve_views(params, features.shape[0])
+            _resolve_neighbors(params, features.shape[0], self.n_clusters)
             extractor = images = flip = None
             cache = _feature_cache(features, params, seeds[0])
         else:
             images = as_images(X)
             self._check_n_samples(images.shape[0])
             _resolve_views(params, images.shape[0])
+            _resolve_neighbors(params, images.shape[0], self.n_clusters)
             extractor, pretrain_history, flip = learn_representation(
                 self.backbone, self.weights, images, pretrain=params["pretrain"],
                 small_stem=self.small_stem, flip=self.flip, build_seed=seeds[0],
@@ -493,6 +498,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.reliability_ = reliability
         self.reliable_mask_ = reliable
         self.semi_history_ = semi_history
+        self.n_neighbors_ = params["n_neighbors"] if params["semi"] is not None else None
         if precomputed:
             self.n_features_in_ = int(features.shape[1])
         elif hasattr(self, "n_features_in_"):
@@ -590,10 +596,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         mask (None when no round ran) and the concatenated step history.
         """
         k, n = self.n_clusters, cache.n_samples
-        n_s = params["n_neighbors"]
-        if n_s is None:  # "auto": at most a sixth of the average cluster, at most 100
-            n_s = min(100, n // (6 * k))
-        n_s = max(1, min(n_s, n // k - 1))
+        n_s = params["n_neighbors"]  # resolved by _resolve_neighbors
         reliability = reliable = neighbors = None
         histories = []
         for round_ in range(self.semi_rounds):
@@ -848,6 +851,15 @@ def _check_world_size(params, pretrain_batch_size, semi_batch_size):
         if used and value < world:
             raise ValueError(f"{name} must be at least the number of processes ({world}) "
                              f"under torchrun; got {value}.")
+
+
+def _resolve_neighbors(params, n_samples, n_clusters):
+    """``n_neighbors``: "auto" is at most a sixth of the average cluster and at most 100
+    (the paper's n_s); any value is capped below the average cluster size."""
+    n_s = params["n_neighbors"]
+    if n_s is None:
+        n_s = min(100, n_samples // (6 * n_clusters))
+    params["n_neighbors"] = max(1, min(n_s, n_samples // n_clusters - 1))
 
 
 def _resolve_views(params, n_samples):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spice_learn import SpiceClustering
+from spice_learn import ImageStream, SpiceClustering
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
 FAST = dict(n_heads=2, max_epochs=1, n_weak_views=1, n_strong_views=1, semi_steps=5,
@@ -70,6 +70,24 @@ def _cache_dir_under_a_file(tmp_path):
          cache_dir=tmp_path / "notes.txt" / "cache")(tmp_path)
 
 
+class _Records(torch.utils.data.Dataset):
+    """A dataset of records that are not images."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"id": i}
+
+
+def _stream_of_a_broken_file(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(_images(n=1)[0]).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not a png at all")
+    _fit(ImageStream(tmp_path), backbone=torch.nn.Conv2d(3, 4, 3))(tmp_path)
+
+
 # (what the user did, the call, error type, a regex the message must match)
 CASES = [
     ("n_clusters below 1", _fit(_blobs(), backbone="precomputed", n_clusters=0),
@@ -111,6 +129,17 @@ CASES = [
     ("NaN as a parameter", _fit(_blobs(), backbone="precomputed",
                                 confidence_ratio=float("nan")),
      ValueError, r"confidence_ratio must be finite"),
+    ("semi_rounds below 1", _fit(_blobs(), backbone="precomputed", semi_rounds=0),
+     ValueError, r"semi_rounds"),
+    ("n_neighbors that is not a count", _fit(_blobs(), backbone="precomputed",
+                                             n_neighbors="many"),
+     ValueError, r"n_neighbors"),
+    ("a dataset whose items are not images", _fit(_Records(), backbone=torch.nn.Conv2d(3, 4, 3)),
+     TypeError, r"item 0 of the dataset is a dict"),
+    ("an ImageStream size that is not a size", lambda tmp_path: ImageStream(_images(), size=0),
+     ValueError, r"size must be a positive int"),
+    ("a streamed directory with a corrupt file", _stream_of_a_broken_file,
+     ValueError, r"Cannot read image file .*b.png"),
     ("an unknown semi mode", _fit(_blobs(), backbone="precomputed", semi="full"),
      ValueError, r"semi must be None, 'head' or 'finetune'"),
     ("semi='finetune' without images", _fit(_blobs(), backbone="precomputed", semi="finetune"),

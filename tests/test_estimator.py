@@ -649,12 +649,13 @@ def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
         return real(features, n_neighbors, **kwargs)
 
     monkeypatch.setattr(estimator_module, "nearest_neighbors", spy)
-    fast_precomputed(n_neighbors=100, semi_steps=5).fit(X)
-    assert seen["k"] == 60 // N_CENTERS - 1
-    fast_precomputed(semi_steps=5).fit(X)  # "auto": a sixth of the average cluster
-    assert seen["k"] == 60 // (6 * N_CENTERS)
-    fast_precomputed(semi_steps=5).fit(blobs(n=6000)[0])  # "auto" stops at the paper's 100
-    assert seen["k"] == 100
+    est = fast_precomputed(n_neighbors=100, semi_steps=5).fit(X)
+    assert seen["k"] == est.n_neighbors_ == 60 // N_CENTERS - 1
+    est = fast_precomputed(semi_steps=5).fit(X)  # "auto": a sixth of the average cluster
+    assert seen["k"] == est.n_neighbors_ == 60 // (6 * N_CENTERS)
+    est = fast_precomputed(semi_steps=5).fit(blobs(n=6000)[0])  # "auto" stops at the paper's 100
+    assert seen["k"] == est.n_neighbors_ == 100
+    assert fast_precomputed(semi=None).fit(X).n_neighbors_ is None
 
 
 def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
