@@ -586,8 +586,10 @@ def render(rows, args, wall, date, load, where):
         "",
         "| what | " + " | ".join(f"N = {t['n']:,}" for t in targets) + " | where |",
         "|---|" + "---|" * (len(targets) + 1),
-        "| images (held by `fit` as one uint8 tensor) | " + " | ".join(
-            _fmt_bytes(t["bytes"]["images"]) for t in targets) + " | RAM |",
+        "| images (held by `fit` as one uint8 tensor; an `ImageStream` holds a few "
+        "batches instead) | " + " | ".join(
+            _fmt_bytes(t["bytes"]["images"]) for t in targets)
+        + " | RAM, or files read per batch |",
         f"| view cache, {v0['n_views']} views, float16 | " + " | ".join(
             _fmt_bytes(t["bytes"]["cache_f16"]) for t in targets)
         + " | RAM, or disk with `cache_dir` (read per minibatch) |",
@@ -637,8 +639,11 @@ def render(rows, args, wall, date, load, where):
         "replace it by an approximate index (faiss IVF/HNSW, on GPU) for 10M images; "
         "the neighbour indices themselves stay linear in N.",
         "- **Memory**: at 10M images the images alone need "
-        f"{_fmt_bytes(targets[-1]['bytes']['images'])} of RAM (the estimator holds them "
-        "all); with the embeddings and the neighbour search, plan a machine with at least "
+        f"{_fmt_bytes(targets[-1]['bytes']['images'])} of RAM when passed as an array "
+        "(one uint8 tensor); pass an `ImageStream` (or a torch Dataset) to read them "
+        "through a DataLoader instead, which removes that term from the RAM below. With "
+        "the images in memory, the embeddings and the neighbour search, plan a machine "
+        "with at least "
         f"{_fmt_bytes(ram(targets[-1]))} of RAM and "
         f"{_fmt_bytes(targets[-1]['bytes']['cache_f16'])} of local disk for the view cache "
         f"(at 1M: {_fmt_bytes(ram(targets[0]))} of RAM, plus "
