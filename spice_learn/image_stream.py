@@ -161,7 +161,8 @@ class ImageStream:
         """
         loader = DataLoader(_Decoded(self), batch_sampler=(self._rows(b) for b in index_batches),
                             num_workers=self.num_workers, collate_fn=torch.stack,
-                            pin_memory=pin_memory)
+                            pin_memory=pin_memory,
+                            generator=torch.Generator())  # leaves the global RNG alone
         yield from loader
 
     def update_digest(self, digest):

@@ -23,6 +23,7 @@ Two modes:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 
@@ -37,6 +38,7 @@ from . import distributed
 from .batch_augment import contrastive_augment, weak_augment
 from .embedding import autocast_dtype, isolated_rng
 from .heads import MultiHeadClassifier
+from .image_stream import image_batches
 
 __all__ = ["fixmatch_loss", "train_semi_head", "finetune"]
 
@@ -249,6 +251,7 @@ def finetune(
         One head on L2-normalised features (e.g. the selected SPICE-Self head);
         trained in place, ends up holding the EMA weights.
     images : torch.Tensor of dtype uint8, shape (N, 3, H, W), or ImageStream
+        An ImageStream decodes the steps' batches ahead, in its DataLoader.
     labels, reliable : array-like of shape (N,)
         SPICE-Self clusters and the reliable mask.
     n_steps : int
@@ -271,8 +274,8 @@ def finetune(
 
     Under torchrun (``W`` processes) each process trains on its contiguous
     ``1 / W`` of the labelled and of the unlabelled samples of every global
-    batch (drawn, with their augmentations, by the same generator on every
-    process), in DistributedDataParallel with the global batch's BatchNorm
+    batch (drawn by the same generator on every process, and augmented by
+    another one that is also the same everywhere), in DistributedDataParallel with the global batch's BatchNorm
     statistics and the loss weighting of :func:`_step`: the steps equal those
     of one process up to floating-point rounding. ``batch_size`` must be at
     least ``W``; only rank 0 shows progress.
@@ -326,8 +329,20 @@ def _finetune(
     (l_lo, l_hi), (u_lo, u_hi) = shards
     rows_l, rows_u = (l_lo, l_hi, batch_size), (u_lo, u_hi, mu * batch_size)
 
-    def load(idx):
-        x = images[idx]
+    # The steps' samples come from their own generator, so that an ImageStream can
+    # decode the batches ahead (its DataLoader) while the augmentations use ``gen``.
+    draws = torch.Generator().manual_seed(seed + 1)
+
+    def step_rows():  # this process's labelled and unlabelled rows of each step
+        for _ in range(n_steps):
+            li, ui = _draw(sampler, n, batch_size, mu, draws)
+            yield li[l_lo:l_hi], ui[u_lo:u_hi]
+
+    rows, rows_ahead = itertools.tee(step_rows())
+    batches = image_batches(images, (torch.cat(r) for r in rows_ahead),
+                            pin_memory=device.type == "cuda")
+
+    def load(x):
         if list(x.shape[-2:]) != size:
             x = TF.resize(x, size, antialias=True)
         return x.to(device, non_blocking=True).float().div_(255)
@@ -340,9 +355,9 @@ def _finetune(
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
-            li, ui = _draw(sampler, n, batch_size, mu, gen)
-            li, ui = li[l_lo:l_hi], ui[u_lo:u_hi]  # this process's rows
-            xl, xu = load(li), load(ui)
+            li, ui = next(rows)
+            x = load(next(batches))
+            xl, xu = x[: len(li)], x[len(li) :]
             x = torch.cat([weak(xl, gen, rows_l), weak(xu, gen, rows_u),
                            strong(xu, gen, rows_u)])
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)

@@ -255,3 +255,33 @@ def test_memory_of_a_stream_does_not_grow_with_the_images():
     assert stream[1] < 1.2 * max(stream[0], floor), growth
     # The control: loading the same images first fails the same check.
     assert memory[1] > 1.2 * max(memory[0], floor) and memory[1] - memory[0] > 40 << 20, growth
+
+
+def test_finetune_on_a_stream_equals_the_loaded_images():
+    from spice_learn.heads import MultiHeadClassifier
+    from spice_learn.spice_semi import finetune
+
+    pixels = _pixels(24)
+    labels = np.arange(24) % 3
+    results = []
+    for images in (as_images(pixels), ImageStream(Pairs(pixels), num_workers=1)):
+        torch.manual_seed(0)  # the same initial weights for both
+        extractor = build_backbone(TinyNet(), None, (8, 8))
+        head = MultiHeadClassifier(1, extractor.feature_dim, 8, 3,
+                                   generator=torch.Generator().manual_seed(0))
+        history = finetune(extractor, head, images, labels, np.ones(24, bool), n_steps=3,
+                           batch_size=4, mu=2, threshold=0.5, learning_rate=0.03,
+                           ema_decay=0.5, flip=True, seed=1, device=torch.device("cpu"))
+        results.append((history, list(extractor.module.state_dict().values())))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
+    for p, q in zip(results[0][1], results[1][1]):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_reading_a_stream_leaves_the_global_rng_alone():
+    stream = ImageStream(Pairs(_pixels()), num_workers=1)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    list(stream.batches([slice(0, 8), slice(8, 16)]))
+    assert torch.equal(torch.rand(3), expected)
