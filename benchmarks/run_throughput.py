@@ -11,7 +11,10 @@ images, ``resnet18`` with the CIFAR stem at 32 px), on random uint8 images:
 (c) pretraining: augmented views per second through one SimCLR epoch;
 (d) head training: cached samples per second through SPICE-Self epochs (default heads,
     2 weak and 4 strong views of random embeddings), with the cache in memory and in
-    ``cache_dir`` (rows read per minibatch from the file).
+    ``cache_dir`` (rows read per minibatch from the file);
+(e) streamed embedding: the images of (a) written as PNG files and embedded from an
+    :class:`~spice_learn.ImageStream` of the folder (decoded batch by batch in a
+    DataLoader with 0 and 2 worker processes), against (a) on the tensor in memory.
 
 Every timing follows one untimed warm-up call. Results go to the ``throughput``
 section of docs/benchmarks.md (not with ``--no-doc``).
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section  # noqa: E402
 
-from spice_learn import SpiceClustering  # noqa: E402
+from spice_learn import ImageStream, SpiceClustering  # noqa: E402
 from spice_learn.backbones import build_backbone  # noqa: E402
 from spice_learn.disk_cache import DiskArray  # noqa: E402
 from spice_learn.embedding import ViewCache, autocast_dtype, embed_images  # noqa: E402
@@ -120,6 +123,18 @@ def head_seconds(views, epochs, device, folder):
     return times
 
 
+def stream_seconds(extractor, images, batch_size, device, folder, workers):
+    """Seconds of embedding ``images`` from PNG files through an ImageStream, for each
+    number of DataLoader workers in ``workers``."""
+    from PIL import Image
+
+    for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(image).save(Path(folder) / f"{i:06d}.png")
+    return {w: _timed(lambda w=w: embed_images(extractor, ImageStream(folder, num_workers=w),
+                                               batch_size=batch_size, device=device), device)
+            for w in workers}
+
+
 def measure(name, size, n, batch_size, device, head_n, head_epochs):
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
@@ -132,13 +147,16 @@ def measure(name, size, n, batch_size, device, head_n, head_epochs):
     predict = _timed(lambda: model.predict(X), device)
     pretrain = pretrain_seconds(extractor, images, min(256, n), device)
     with tempfile.TemporaryDirectory() as folder:
+        streamed = stream_seconds(extractor, images, batch_size, device, folder, (0, 2))
+    with tempfile.TemporaryDirectory() as folder:
         heads = head_seconds(_random_views(head_n, extractor.feature_dim), head_epochs,
                              device, folder)
     row = {"model": f"{name} ({extractor.input_size[0]} px, D={extractor.feature_dim})",
            "bare": n / bare, "embed": n / embed, "predict": n / predict,
            "pretrain": 2 * n / pretrain,
            "heads_memory": head_n * head_epochs / heads["memory"],
-           "heads_disk": head_n * head_epochs / heads["cache_dir"]}
+           "heads_disk": head_n * head_epochs / heads["cache_dir"],
+           "stream0": n / streamed[0], "stream2": n / streamed[2]}
     print(row, flush=True)
     return row
 
@@ -158,20 +176,26 @@ def report(rows, args, device):
         "(two views per image, forward and backward); heads: samples per second through "
         f"{args.head_epochs} SPICE-Self epochs on {args.head_n:,} cached samples (10 heads, "
         "2 weak and 4 strong views), the cache in memory or read from a `cache_dir` file. "
+        "Streamed: the same images as PNG files, embedded from an `ImageStream` of the "
+        "folder (decoded batch by batch by a DataLoader with 0 or 2 worker processes); "
+        "ratio to the embedding from the tensor in memory. "
         "Each number is the second of two calls; all ratios come from the same run. "
-        "The 2-core machine was shared with other jobs: ratios above 1 show the "
-        "noise of such runs (about 20 %).",
+        "On a 2-core machine shared with other jobs ratios above 1 show the noise of "
+        "such runs (about 20 %).",
         "",
         "| model | bare forward img/s | embedding img/s (ratio) | predict img/s (ratio) | "
-        "pretraining views/s | heads samples/s, memory | heads samples/s, cache_dir |",
-        "|---|---|---|---|---|---|---|",
+        "pretraining views/s | heads samples/s, memory | heads samples/s, cache_dir | "
+        "streamed img/s, 0 workers (ratio) | streamed img/s, 2 workers (ratio) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['bare']:,.0f} | {r['embed']:,.0f} "
             f"({r['embed'] / r['bare']:.2f}) | {r['predict']:,.0f} "
             f"({r['predict'] / r['bare']:.2f}) | {r['pretrain']:,.0f} | "
-            f"{r['heads_memory']:,.0f} | {r['heads_disk']:,.0f} |")
+            f"{r['heads_memory']:,.0f} | {r['heads_disk']:,.0f} | "
+            f"{r['stream0']:,.0f} ({r['stream0'] / r['embed']:.2f}) | "
+            f"{r['stream2']:,.0f} ({r['stream2'] / r['embed']:.2f}) |")
     return "\n".join(lines)
 
 
