@@ -156,11 +156,11 @@ def embed_views(
     bar = tqdm(total=(hi - lo) * len(transforms), desc=desc, unit="img",
                disable=verbose <= 0 or not distributed.is_main_process())
     forward = _Forward(extractor, module, device)
+    starts = range(lo, hi, batch_size)
+    blocks = image_batches(images, (slice(s, min(s + batch_size, hi)) for s in starts),
+                           pin_memory=device.type == "cuda")
     try:
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            starts = range(lo, hi, batch_size)
-            blocks = image_batches(images, (slice(s, min(s + batch_size, hi)) for s in starts),
-                                   pin_memory=device.type == "cuda")
             for start, block in zip(starts, blocks):  # CPU RNG only: fork_rng restores it
                 torch.default_generator.manual_seed(_block_seed(seed, start // batch_size))
                 if list(block.shape[-2:]) != list(extractor.input_size):
@@ -170,6 +170,7 @@ def embed_views(
                     local[v, start - lo : start - lo + len(block)] = forward(view, dtype)
                     bar.update(len(block))
     finally:
+        blocks.close()  # an ImageStream's DataLoader workers stop here, even on errors
         bar.close()
     if not shards:
         return local

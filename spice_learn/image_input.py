@@ -40,13 +40,15 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-def list_image_files(directory):
+def list_image_files(directory, *, name="X"):
     """Sorted list of image files under ``directory`` (recursive).
 
     Parameters
     ----------
     directory : str or os.PathLike
         Folder to search.
+    name : str
+        The parameter the folder came from, named in error messages.
 
     Returns
     -------
@@ -55,13 +57,13 @@ def list_image_files(directory):
     """
     root = Path(directory)
     if not root.is_dir():
-        raise ValueError(f"X={str(directory)!r} is not a directory.")
+        raise ValueError(f"{name}={str(directory)!r} is not a directory.")
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
     if not files:
         raise ValueError(
-            f"X={str(directory)!r} contains no image files "
+            f"{name}={str(directory)!r} contains no image files "
             f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
     return files

@@ -5,14 +5,18 @@ tensor, which is the fastest choice while the images fit in memory (a million
 32-pixel images take 3 GB, a million 224-pixel ones 150 GB). An
 :class:`ImageStream` holds only its source -- a directory, a list of files, or
 any indexable dataset such as a ``torchvision`` dataset -- and decodes the
-images a step asks for: the embedding pass and SimCLR pretraining read their
-batches through a :class:`torch.utils.data.DataLoader` (worker processes,
-pinned memory on a GPU), so decoding overlaps with the model. Memory then holds
-a few batches of images, whatever the number of images.
+images a step asks for: the embedding pass, SimCLR pretraining and SPICE-Semi
+"finetune" read their batches through a :class:`torch.utils.data.DataLoader`
+(pinned memory on a GPU). With ``num_workers > 0`` worker processes decode the
+next batches while the model runs; with the default 0 the calling process
+decodes each batch when it is needed. Memory holds a few batches of images,
+whatever the number of images.
 
 Everything that accepts images accepts a stream (``fit``, ``predict``,
 ``transform``, ``score``), and a :class:`torch.utils.data.Dataset` passed
-directly is streamed too::
+directly is streamed too (with ``num_workers=0``; wrap it in an ImageStream to
+choose). A dataset must give the same image for an index every time: no random
+transforms in it (the augmentations are the library's)::
 
     from spice_learn import ImageStream, SpiceClustering
     images = ImageStream("photos/", size=96, num_workers=4)
@@ -24,6 +28,8 @@ again, as a PyTorch training loop over files does.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -92,42 +98,56 @@ class ImageStream:
             if not Path(source).is_dir():
                 raise ValueError(f"source={str(source)!r} is not a directory; pass a directory, "
                                  "a list of image files or an indexable dataset.")
-            self.files = list_image_files(source)
-            items = self.files
+            paths = list_image_files(source, name="source")
         elif isinstance(source, (list, tuple)) and source and all(
                 isinstance(p, (str, os.PathLike)) for p in source):
-            self.files = [Path(p) for p in source]
-            items = self.files
+            paths = source
         elif hasattr(source, "__len__") and hasattr(source, "__getitem__") and not isinstance(
                 source, (str, bytes)):
-            self.files = None
-            items = source
+            paths = None
         else:
             raise TypeError("source must be a directory, a list of image file paths or an "
                             f"indexable dataset (with __len__ and __getitem__); got "
                             f"{type(source).__name__}.")
-        if len(items) == 0:
-            raise ValueError("source is empty: it holds 0 images.")
         if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) \
                 or num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative int; got {num_workers!r}.")
-        self.source, self._items, self.num_workers = source, items, int(num_workers)
-        self._size = None
+        # Paths as one bytes array, not N Python objects: DataLoader workers that touch
+        # Python objects copy their pages (a list of 10M paths would be GBs per worker).
+        self._paths = (None if paths is None else
+                       np.array([os.fsencode(os.path.abspath(p)) for p in paths]))
+        self.source, self.num_workers = source, int(num_workers)
+        n = len(source) if paths is None else len(self._paths)
+        if n == 0:
+            raise ValueError("source is empty: it holds 0 images.")
+        self._size, self._content = None, None
         first = self._decode(0)
         self._size = _check_size(size) if size is not None else tuple(first.shape[-2:])
-        self.shape = torch.Size((len(items), 3, *self._size))
+        self.shape = torch.Size((n, 3, *self._size))
+
+    @property
+    def files(self):
+        """The image files (a list of :class:`pathlib.Path`), or None for a dataset."""
+        if self._paths is None:
+            return None
+        return [Path(os.fsdecode(p)) for p in self._paths]
 
     def __len__(self):
         return self.shape[0]
 
     def __repr__(self):
-        where = (f"{len(self.files)} files" if self.files is not None
+        where = (f"{len(self._paths)} files" if self._paths is not None
                  else type(self.source).__name__)
         return f"ImageStream({where}, shape={tuple(self.shape)})"
 
     def __getitem__(self, index):
         """One image ``(3, H, W)`` for an int, a batch ``(B, 3, H, W)`` otherwise;
         decoded now, in this process."""
+        if isinstance(index, torch.Tensor) and index.ndim == 0:
+            index = index.item()
+        if isinstance(index, (bool, np.bool_)):
+            raise IndexError("an ImageStream is not indexed with a bool; use an int, a slice "
+                             "or an array of indices.")
         if isinstance(index, (int, np.integer)):
             return self.image(int(index))
         rows = self._rows(index)
@@ -160,29 +180,46 @@ class ImageStream:
         batch : torch.Tensor of dtype uint8 and shape (B, 3, H, W)
         """
         loader = DataLoader(_Decoded(self), batch_sampler=(self._rows(b) for b in index_batches),
-                            num_workers=self.num_workers, collate_fn=torch.stack,
+                            num_workers=self.num_workers,
+                            collate_fn=functools.partial(_stack, self.shape[1:]),
                             pin_memory=pin_memory,
                             generator=torch.Generator())  # leaves the global RNG alone
-        yield from loader
+        batches = iter(loader)
+        try:
+            yield from batches
+        finally:  # also when the caller stops early or raises: no workers left behind
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def update_digest(self, digest):
         """Feed ``digest`` (a :mod:`hashlib` object) with what identifies these images:
-        the size and, for files, each path, byte size and modification time; for a
-        dataset, the decoded images themselves (one pass over the data)."""
+        the size and, for files, each path, byte size and modification time (not
+        the bytes of the files); for a dataset, a hash of the decoded images,
+        computed in one pass over the data the first time and kept. A dataset
+        must therefore give the same image for an index every time (no random
+        transforms in it): the embedding cache and the torchrun check rely on it.
+        """
         digest.update(repr(tuple(self.shape)).encode())
-        if self.files is not None:
-            for path in self.files:
-                stat = os.stat(path)
-                digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-                              .encode())
+        if self._paths is not None:
+            for path in self._paths:
+                try:
+                    stat = os.stat(path)
+                except OSError as error:
+                    raise ValueError(f"Image file {os.fsdecode(path)!r} cannot be read: "
+                                     f"{error.strerror}.") from None
+                digest.update(path + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             return
-        step = 256
-        for batch in self.batches(slice(s, s + step) for s in range(0, len(self), step)):
-            digest.update(batch.numpy())
+        if self._content is None:
+            content, step = hashlib.sha256(), 256
+            for batch in self.batches(slice(s, s + step) for s in range(0, len(self), step)):
+                content.update(batch.numpy())
+            self._content = content.digest()
+        digest.update(self._content)
 
     def _rows(self, index):
         if isinstance(index, slice):
-            return list(range(len(self)))[index]
+            return list(range(len(self))[index])
         if torch.is_tensor(index):
             index = index.cpu().numpy()
         index = np.asarray(index)
@@ -198,9 +235,9 @@ class ImageStream:
         return [int(i) for i in index]
 
     def _decode(self, i):
-        item = self._items[i]
-        if self.files is not None:
-            return _pil_to_tensor(_open_image(item))
+        if self._paths is not None:
+            return _pil_to_tensor(_open_image(Path(os.fsdecode(self._paths[i]))))
+        item = self.source[i]
         if isinstance(item, (tuple, list)) and item:
             item = item[0]  # (image, target): the target is never used
         where = f"item {i} of the dataset"
@@ -245,6 +282,13 @@ def image_batches(images, index_batches, *, pin_memory=False):
     if isinstance(images, ImageStream):
         return images.batches(index_batches, pin_memory=pin_memory)
     return (images[idx] for idx in index_batches)
+
+
+def _stack(shape, images):
+    """The DataLoader's collate function: one uint8 batch (empty batches too)."""
+    if not images:
+        return torch.empty((0, *shape), dtype=torch.uint8)
+    return torch.stack(images)
 
 
 def _pil_to_tensor(image):

@@ -9,8 +9,9 @@ SPICE-Semi (paper section 3.3, Eq. 5) calls a sample reliable when most of its
   never ``N x N`` (70,000 samples would need 19.6 GB for the full float32
   similarity matrix). It runs on whatever device the features are moved to (a
   GPU when given one).
-- ``"faiss"`` runs an exact inner-product search (``faiss.IndexFlatIP``) on the
-  L2-normalised float32 features, on the CPU, or on a GPU when faiss was built
+- ``"faiss"`` runs an exact inner-product search (``faiss.knn``; on a GPU
+  ``faiss.IndexFlatIP``) on the L2-normalised float32 features, in blocks of
+  query rows, on the CPU, or on a GPU when faiss was built
   with GPU support and the device is CUDA. faiss is optional: install it with
   ``pip install faiss-cpu`` or the ``spice-learn[faiss]`` extra.
 
@@ -35,6 +36,9 @@ DEFAULT_BLOCK_BYTES = 64 << 20
 _FAISS_GPU_MAX_K = 2048
 
 _BACKENDS = ("auto", "torch", "faiss")
+
+#: Query rows per faiss search call (its results: rows x (n_s + 1) ids and scores).
+FAISS_QUERY_ROWS = 16384
 
 
 def _import_faiss():
@@ -75,9 +79,10 @@ def nearest_neighbors(features, n_neighbors, *, device=None, block_bytes=DEFAULT
         Ignored by the faiss backend, which blocks its search itself.
     backend : {"auto", "torch", "faiss"}, default="auto"
         ``"torch"``: blocked matrix products and ``topk`` on ``device``.
-        ``"faiss"``: exact inner-product search (``faiss.IndexFlatIP``) on the
-        L2-normalised float32 features; needs faiss (``pip install faiss-cpu``
-        or ``pip install "spice-learn[faiss]"``). ``"auto"``: faiss when it is
+        ``"faiss"``: exact inner-product search (``faiss.knn``, or
+        ``faiss.IndexFlatIP`` on a GPU) on the L2-normalised float32
+        features; needs faiss (``pip install faiss-cpu`` or
+        ``pip install "spice-learn[faiss]"``). ``"auto"``: faiss when it is
         installed and ``device`` is the CPU (or faiss has GPU support), torch
         otherwise.
 
@@ -133,34 +138,44 @@ def _torch_neighbors(features, n_neighbors, device, block_bytes):
 
 
 def _faiss_neighbors(faiss, features, n_neighbors, device):
-    """Exact inner-product search of ``n_neighbors + 1`` on the normalised features.
+    """Exact inner-product search of ``n_neighbors + 1`` on the normalised features,
+    ``FAISS_QUERY_ROWS`` query rows at a time.
 
     Each query row's own index is dropped from its results; when exact
     duplicates push it out of the ``n_neighbors + 1`` results, the last column
-    is dropped instead. A CPU search uses as many OpenMP threads as torch has
+    is dropped instead. On the CPU ``faiss.knn`` searches the features in place
+    (no index copy); memory beyond the normalised copy and the result is one
+    block of queries. A CPU search uses as many OpenMP threads as torch has
     intra-op threads (so ``n_jobs`` of the estimators bounds it too).
     """
     n, dim = features.shape
     # A normalised float32 C-contiguous copy (never the caller's array).
     x = F.normalize(features.detach().to("cpu", torch.float32), dim=1).contiguous().numpy()
-    index = faiss.IndexFlatIP(dim)
     k = n_neighbors + 1
     if device.type == "cuda" and k <= _FAISS_GPU_MAX_K and _faiss_has_gpu(faiss):
         gpu = device.index if device.index is not None else torch.cuda.current_device()
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, gpu, index)
-    index.add(x)
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, faiss.IndexFlatIP(dim))
+        index.add(x)
+
+        def search(queries):
+            return index.search(queries, k)[1]
+    else:
+        def search(queries):
+            return faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    out = torch.empty((n, n_neighbors), dtype=torch.long)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(torch.get_num_threads())  # the torch budget (n_jobs) applies
     try:
-        _, found = index.search(x, k)  # (N, k) int64, by decreasing inner product
+        for start in range(0, n, FAISS_QUERY_ROWS):
+            stop = min(start + FAISS_QUERY_ROWS, n)
+            # (rows, k) int64, by decreasing inner product
+            found = torch.from_numpy(np.ascontiguousarray(search(x[start:stop]), dtype=np.int64))
+            own = found == torch.arange(start, stop).unsqueeze(1)  # at most one True per row
+            own[~own.any(dim=1), -1] = True  # self pushed out by duplicates: drop the last
+            out[start:stop] = found[~own].view(stop - start, n_neighbors)
     finally:
         faiss.omp_set_num_threads(threads)
-    del index, x
-    found = torch.from_numpy(np.ascontiguousarray(found, dtype=np.int64))
-    own = found == torch.arange(n).unsqueeze(1)  # at most one True per row
-    own[~own.any(dim=1), -1] = True  # self pushed out by duplicates: drop the last
-    return found[~own].view(n, n_neighbors)
+    return out
 
 
 def reliability_scores(neighbors, labels):

@@ -269,46 +269,50 @@ def _train_epochs(
             break  # a resumed run whose budget is spent (a fresh run does one step at least)
         perm = torch.randperm(n, generator=gen)
         losses, b, reader = [], 0, None
-        while b < max(1, n // batch):
-            steps_per_epoch = max(1, n // batch)
-            progress = (epoch + b / steps_per_epoch) / max_epochs
-            if max_time:  # None or 0: no time-based schedule
-                # With a time budget the schedule follows whichever runs out first.
-                progress = max(progress, elapsed() / max_time)
-            lr = 0.5 * learning_rate * (1 + math.cos(math.pi * min(progress, 1.0)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if reader is None:  # this process's rows of the epoch's batches, from batch b on
-                reader = _epoch_batches(images, perm, b, batch, pin=device.type == "cuda")
-            lo, hi, n_idx, x = next(reader)
-            if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
-                x = TF.resize(x, size, antialias=True)
-            out_of_memory = False
-            try:
-                x = x.to(device, non_blocking=True).float().div_(255)
-                views = [((augment(x, gen, rows=(lo, hi, n_idx)) - mean) / std)
-                         .contiguous(memory_format=torch.channels_last) for _ in range(2)]
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = contrastive_loss(net, views, temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            except torch.cuda.OutOfMemoryError:
-                if batch <= 2 or distributed.is_distributed():
-                    raise
-                out_of_memory = True
-            if out_of_memory:  # outside the handler, so the failed step's tensors are freed
-                optimizer.zero_grad(set_to_none=True)
-                x = views = loss = None
-                position = b * batch
-                batch = halve_after_oom(batch, device, "pretraining")
-                b = position // batch  # the same place in the epoch, in smaller steps
-                reader = None
-                continue
-            losses.append(loss.detach())
-            b += 1
-            if max_time is not None and elapsed() > max_time:
-                break
+        try:
+            while b < max(1, n // batch):
+                steps_per_epoch = max(1, n // batch)
+                progress = (epoch + b / steps_per_epoch) / max_epochs
+                if max_time:  # None or 0: no time-based schedule
+                    # With a time budget the schedule follows whichever runs out first.
+                    progress = max(progress, elapsed() / max_time)
+                lr = 0.5 * learning_rate * (1 + math.cos(math.pi * min(progress, 1.0)))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if reader is None:  # this process's rows of the epoch's batches, from batch b on
+                    reader = _epoch_batches(images, perm, b, batch, pin=device.type == "cuda")
+                lo, hi, n_idx, x = next(reader)
+                if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
+                    x = TF.resize(x, size, antialias=True)
+                out_of_memory = False
+                try:
+                    x = x.to(device, non_blocking=True).float().div_(255)
+                    views = [((augment(x, gen, rows=(lo, hi, n_idx)) - mean) / std)
+                             .contiguous(memory_format=torch.channels_last) for _ in range(2)]
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        loss = contrastive_loss(net, views, temperature)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                except torch.cuda.OutOfMemoryError:
+                    if batch <= 2 or distributed.is_distributed():
+                        raise
+                    out_of_memory = True
+                if out_of_memory:  # outside the handler, so the failed step's tensors are freed
+                    optimizer.zero_grad(set_to_none=True)
+                    x = views = loss = None
+                    position = b * batch
+                    batch = halve_after_oom(batch, device, "pretraining")
+                    b = position // batch  # the same place in the epoch, in smaller steps
+                    reader = None
+                    continue
+                losses.append(loss.detach())
+                b += 1
+                if max_time is not None and elapsed() > max_time:
+                    break
+        finally:  # an ImageStream's DataLoader workers stop here, even on errors
+            if reader is not None:
+                reader.close()
         history.append(float(torch.stack(losses).mean()))
         bar.update(1)
         if verbose > 0:

@@ -331,7 +331,8 @@ def _finetune(
 
     # The steps' samples come from their own generator, so that an ImageStream can
     # decode the batches ahead (its DataLoader) while the augmentations use ``gen``.
-    draws = torch.Generator().manual_seed(seed + 1)
+    draws = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0] >> 1))
 
     def step_rows():  # this process's labelled and unlabelled rows of each step
         for _ in range(n_steps):
@@ -351,25 +352,28 @@ def _finetune(
     net = distributed.wrap_ddp(model, device)
     bar = tqdm(range(n_steps), desc="SPICE-Semi (finetune)", unit="step",
                disable=verbose <= 0 or not distributed.is_main_process())
-    with distributed.synced_batchnorm(net):
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
-            li, ui = next(rows)
-            x = load(next(batches))
-            xl, xu = x[: len(li)], x[len(li) :]
-            x = torch.cat([weak(xl, gen, rows_l), weak(xu, gen, rows_u),
-                           strong(xu, gen, rows_u)])
-            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = net(x).float()
-            history.append(_step(optimizer, logits, targets[li].to(device), threshold, shares))
-            _update_ema(ema, model, min(ema_decay, (1 + step) / (10 + step)))
-            if verbose > 0 and step % 20 == 0:
-                bar.set_postfix(sup=f"{float(history[-1][0]):.3f}",
-                                mask=f"{float(history[-1][2]):.2f}")
-            if max_time is not None and _elapsed(start) > max_time:
-                break
+    try:
+        with distributed.synced_batchnorm(net):
+            for step in bar:
+                for group in optimizer.param_groups:
+                    group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
+                li, ui = next(rows)
+                x = load(next(batches))
+                xl, xu = x[: len(li)], x[len(li) :]
+                x = torch.cat([weak(xl, gen, rows_l), weak(xu, gen, rows_u),
+                               strong(xu, gen, rows_u)])
+                x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = net(x).float()
+                history.append(_step(optimizer, logits, targets[li].to(device), threshold, shares))
+                _update_ema(ema, model, min(ema_decay, (1 + step) / (10 + step)))
+                if verbose > 0 and step % 20 == 0:
+                    bar.set_postfix(sup=f"{float(history[-1][0]):.3f}",
+                                    mask=f"{float(history[-1][2]):.2f}")
+                if max_time is not None and _elapsed(start) > max_time:
+                    break
+    finally:  # an ImageStream's DataLoader workers stop here, even on errors
+        batches.close()
     bar.close()
     del net  # the DDP wrapper, before the model is handed on
     if ema_decay > 0:

@@ -285,3 +285,49 @@ def test_reading_a_stream_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     list(stream.batches([slice(0, 8), slice(8, 16)]))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_index_edge_cases():
+    stream = ImageStream(_pixels(5))
+    loaded = as_images(_pixels(5))
+    assert stream.batches([[]]).__next__().shape == (0, 3, 8, 8)
+    assert stream[[]].shape == (0, 3, 8, 8)
+    assert torch.equal(stream[torch.tensor(2)], loaded[2])
+    assert torch.equal(stream[-1], loaded[-1]) and torch.equal(stream[::-2], loaded.flip(0)[::2])
+    with pytest.raises(IndexError, match="bool"):
+        stream[True]
+
+
+def test_a_dataset_is_hashed_once_per_stream():
+    data = Pairs(_pixels(12))
+    stream = ImageStream(data)
+    data.reads.clear()
+    first, second = hashlib.sha256(), hashlib.sha256()
+    hash_images(first, stream)
+    assert sorted(data.reads) == list(range(12))
+    hash_images(second, stream)
+    assert len(data.reads) == 12 and first.hexdigest() == second.hexdigest()
+
+
+def test_a_deleted_file_is_named_when_the_stream_is_hashed(tmp_path):
+    stream = ImageStream(_folder(tmp_path, _pixels(3)))
+    (tmp_path / "img001.png").unlink()
+    with pytest.raises(ValueError, match="img001.png"):
+        hash_images(hashlib.sha256(), stream)
+
+
+class Failing(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("broken backbone")
+
+
+def test_workers_stop_when_embedding_fails():
+    import multiprocessing
+
+    extractor = build_backbone(TinyNet(), None, (8, 8))
+    extractor.module = Failing()
+    stream = ImageStream(Pairs(_pixels(64)), num_workers=2)
+    with pytest.raises(RuntimeError, match="broken backbone") as info:
+        embed_views(extractor, stream, [None], batch_size=4, device=torch.device("cpu"))
+    assert info.value.__traceback__ is not None  # the failed call's frames are still held
+    assert multiprocessing.active_children() == []

@@ -143,13 +143,15 @@ from spice_learn.neighbors import nearest_neighbors
 seen = []
 
 
-class Recording(faiss.IndexFlatIP):
-    def search(self, *args, **kwargs):
-        seen.append(faiss.omp_get_max_threads())
-        return super().search(*args, **kwargs)
+knn = faiss.knn
 
 
-faiss.IndexFlatIP = Recording
+def recording(*args, **kwargs):
+    seen.append(faiss.omp_get_max_threads())
+    return knn(*args, **kwargs)
+
+
+faiss.knn = recording
 faiss.omp_set_num_threads(2)
 torch.set_num_threads(1)
 before = faiss.omp_get_max_threads()
@@ -253,3 +255,14 @@ def test_reliability_from_search_on_two_blobs():
     scores = reliability_scores(nearest_neighbors(X, 5), labels)
     assert scores[0] == 0.0
     assert np.all(scores[20:] == 1.0)
+
+
+def test_faiss_blocks_of_queries_give_the_same_neighbours(monkeypatch):
+    pytest.importorskip("faiss")
+    import spice_learn.neighbors as neighbors
+
+    X = np.random.default_rng(3).normal(size=(50, 6))
+    whole = nearest_neighbors(X, 5, backend="faiss")
+    monkeypatch.setattr(neighbors, "FAISS_QUERY_ROWS", 7)  # 8 blocks, the last of 1 row
+    assert torch.equal(nearest_neighbors(X, 5, backend="faiss"), whole)
+    assert torch.equal(nearest_neighbors(X, 5, backend="torch"), whole)
