@@ -27,7 +27,7 @@ from .image_stream import image_batches
 from .validation import torch_threads
 
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
-           "halve_after_oom", "isolated_rng", "check_same_images"]
+           "halve_after_oom", "isolated_rng", "check_same_images", "compiled"]
 
 
 @contextlib.contextmanager
@@ -100,7 +100,7 @@ def cache_nbytes(n_samples, n_views, dim, dtype):
 
 def embed_views(
     extractor, images, transforms, *, batch_size, device, dtype=torch.float32, seed=0,
-    verbose=0, desc="embedding", out=None,
+    verbose=0, desc="embedding", out=None, compile=False,
 ):
     """Pass every image through the backbone once per view.
 
@@ -131,6 +131,8 @@ def embed_views(
         Where the embeddings go (``out[v, start:stop] = rows``): one batch of
         one view at a time in one process, one whole view at a time, after the
         gather, under torchrun; default: a new CPU tensor.
+    compile : bool
+        Run the module through :func:`torch.compile` (see :func:`compiled`).
 
     Under torchrun each process embeds a contiguous share of whole blocks
     (:func:`~spice_learn.distributed.shard_range`) and the shares are gathered:
@@ -155,7 +157,7 @@ def embed_views(
         (len(transforms), hi - lo, extractor.feature_dim), dtype=dtype)
     bar = tqdm(total=(hi - lo) * len(transforms), desc=desc, unit="img",
                disable=verbose <= 0 or not distributed.is_main_process())
-    forward = _Forward(extractor, module, device)
+    forward = _Forward(extractor, compiled(module, compile), device)
     starts = range(lo, hi, batch_size)
     blocks = image_batches(images, (slice(s, min(s + batch_size, hi)) for s in starts),
                            pin_memory=device.type == "cuda")
@@ -278,8 +280,15 @@ def _per_image(transform, batch):
         return torch.stack([transform(image) for image in batch])
 
 
-def embed_images(extractor, images, *, batch_size, device, verbose=0):
+def embed_images(extractor, images, *, batch_size, device, verbose=0, compile=False):
     """Embeddings ``(N, D)`` float32 of the original images (no augmentation)."""
     return embed_views(
-        extractor, images, [None], batch_size=batch_size, device=device, verbose=verbose
+        extractor, images, [None], batch_size=batch_size, device=device, verbose=verbose,
+        compile=compile,
     )[0]
+
+
+def compiled(module, enabled):
+    """``torch.compile(module)`` when ``enabled``, else ``module`` itself. The compiled
+    wrapper runs the same module: its parameters and state dict are the module's."""
+    return torch.compile(module) if enabled else module

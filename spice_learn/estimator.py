@@ -239,6 +239,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         the weights with this decay (0: the last weights).
     device : str or torch.device, default="auto"
         "auto" uses CUDA when available, else the CPU.
+    compile : bool, default=False
+        Run the backbone through :func:`torch.compile` in pretraining,
+        embedding and "finetune" (and ``predict``/``transform``). Meant for
+        long GPU runs: the first batches of each stage pay the compilation
+        (tens of seconds), and compiling needs a C compiler on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, augmentation and sampling.
     verbose : int, default=0
@@ -325,7 +330,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         checkpoint_dir=None, cache_dir=None, n_jobs=None,
         semi="head", n_neighbors="auto", reliability_threshold=0.95, semi_threshold=0.95,
         semi_steps=1000, semi_rounds=2, semi_time=None, semi_batch_size=64, semi_mu=7,
-        semi_learning_rate="auto", ema_decay=0.999, device="auto", random_state=None, verbose=0,
+        semi_learning_rate="auto", ema_decay=0.999, device="auto", compile=False,
+        random_state=None, verbose=0,
     ):
         self.n_clusters = n_clusters
         self.backbone = backbone
@@ -366,6 +372,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.semi_learning_rate = semi_learning_rate
         self.ema_decay = ema_decay
         self.device = device
+        self.compile = compile
         self.random_state = random_state
         self.verbose = verbose
 
@@ -440,7 +447,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
                 batch_size=self.pretrain_batch_size, learning_rate=self.pretrain_learning_rate,
                 temperature=self.temperature, projection_dim=self.projection_dim,
-                checkpoint_dir=self.checkpoint_dir,
+                checkpoint_dir=self.checkpoint_dir, compile=params["compile"],
             )
             if params["pretrain"]:
                 log(f"stage 1: {len(pretrain_history)} SimCLR epochs on "
@@ -560,7 +567,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         params = {"n_weak_views": 1, "n_strong_views": 1, "cache_dtype": "float32",
                   "embed_batch_size": self.embed_batch_size,
-                  "device": distributed.setup(usable_device(self.device))}
+                  "device": distributed.setup(usable_device(self.device)),
+                  "compile": bool(self.compile)}
         if self.backbone_ is None:
             features = torch.from_numpy(self._check_features(X))
             cache = _feature_cache(features, params, seed)
@@ -626,7 +634,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             new_features = features
             if saved is not None:  # the backbone changed: embed again, search again
                 new_features = embed_images(extractor, images, batch_size=self.embed_batch_size,
-                                            device=params["device"], verbose=verbose)
+                                            device=params["device"], verbose=verbose,
+                                            compile=params["compile"])
                 neighbors = None  # (an undone round ends the loop, so this is never stale)
             new_labels = distributed.broadcast_object(
                 head_probabilities(new_classifier, new_features)[0].argmax(dim=1).cpu().numpy())
@@ -669,7 +678,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             )
             return distributed.broadcast_module(head), history
         history = finetune(extractor, classifier, images, labels, reliable,
-                           ema_decay=self.ema_decay, flip=flip, **common)
+                           ema_decay=self.ema_decay, flip=flip, compile=params["compile"],
+                           **common)
         return classifier, history
 
     # -------------------------------------------------------------- predict
@@ -713,6 +723,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             return embed_images(
                 self.backbone_, images, batch_size=self.embed_batch_size, device=device,
                 verbose=self.verbose if distributed.is_main_process() else 0,
+                compile=bool(self.compile),
             )
         finally:
             self.backbone_.module.cpu()
@@ -824,6 +835,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             semi_lr = check_real(self.semi_learning_rate, "semi_learning_rate", 0.0, None,
                                   "neither")
         check_real(self.ema_decay, "ema_decay", 0.0, 1.0, "left")
+        if not isinstance(self.compile, (bool, np.bool_)):
+            raise TypeError(f"compile must be True or False; got {self.compile!r}.")
         return {
             # None: "auto", resolved by _resolve_views once the number of samples is known
             "n_weak_views": auto_int(self.n_weak_views, "n_weak_views", None, 1),
@@ -836,6 +849,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "entropy_weight": entropy_weight,
             "device": resolve_device(self.device),
             "pretrain": pretrain,
+            "compile": bool(self.compile),
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }
@@ -909,6 +923,7 @@ def _image_cache(extractor, images, params, flip, seed, verbose, cache_dir=None)
         return embed_views(
             extractor, images, transforms, batch_size=params["embed_batch_size"],
             device=device, dtype=dtype, seed=seed, verbose=verbose, out=out,
+            compile=params.get("compile", False),
         )
 
     if cache_dir is None:

@@ -34,7 +34,7 @@ from . import distributed
 from .batch_augment import contrastive_augment
 from .disk_cache import atomic_path
 from .disk_cache import fingerprint as run_fingerprint
-from .embedding import autocast_dtype, halve_after_oom, isolated_rng
+from .embedding import autocast_dtype, compiled, halve_after_oom, isolated_rng
 from .image_stream import image_batches
 
 __all__ = ["nt_xent_loss", "ProjectionHead", "pretrain_simclr"]
@@ -109,7 +109,7 @@ class ProjectionHead(nn.Sequential):
 
 def pretrain_simclr(
     extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
-    projection_dim, flip, seed, device, verbose=0, checkpoint_dir=None,
+    projection_dim, flip, seed, device, verbose=0, checkpoint_dir=None, compile=False,
 ):
     """Train ``extractor.module`` in place with SimCLR on ``images``.
 
@@ -145,6 +145,8 @@ def pretrain_simclr(
         starting weights, the settings and the seed; a run with the same
         fingerprint resumes from it. On the CPU without a time budget a resumed
         run ends with exactly the weights of an uninterrupted one.
+    compile : bool
+        Run the network through :func:`torch.compile`.
 
     On a CUDA out-of-memory error the batch is halved and training goes on
     (with a warning); under torchrun the error is raised instead (the processes
@@ -173,13 +175,13 @@ def pretrain_simclr(
             extractor, images, max_epochs=max_epochs, max_time=max_time,
             batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
             projection_dim=projection_dim, flip=flip, seed=seed, device=device,
-            verbose=verbose, checkpoint_dir=checkpoint_dir,
+            verbose=verbose, checkpoint_dir=checkpoint_dir, compile=compile,
         )
 
 
 def _pretrain_simclr(
     extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
-    projection_dim, flip, seed, device, verbose, checkpoint_dir,
+    projection_dim, flip, seed, device, verbose, checkpoint_dir, compile,
 ):
     module = extractor.module.to(device).train().requires_grad_(True)
     module = module.to(memory_format=torch.channels_last)
@@ -218,7 +220,7 @@ def _pretrain_simclr(
     def elapsed():  # rank 0's clock, so that every process takes the same decisions
         return distributed.broadcast_object(time.perf_counter() - start)
 
-    net = distributed.wrap_ddp(SimCLRNet(module, head), device)
+    net = compiled(distributed.wrap_ddp(SimCLRNet(module, head), device), compile)
     main = distributed.is_main_process()
     bar = tqdm(range(max_epochs), desc="pretraining (SimCLR)", unit="epoch",
                disable=verbose <= 0 or not main, initial=len(history))

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batch_augment import contrastive_augment, weak_augment
-from .embedding import autocast_dtype, isolated_rng
+from .embedding import autocast_dtype, compiled, isolated_rng
 from .heads import MultiHeadClassifier
 from .image_stream import image_batches
 
@@ -238,7 +238,7 @@ class _Classifier(nn.Module):
 
 def finetune(
     extractor, classifier, images, labels, reliable, *, n_steps, batch_size, mu, threshold,
-    learning_rate, ema_decay, flip, seed, device, max_time=None, verbose=0,
+    learning_rate, ema_decay, flip, seed, device, max_time=None, verbose=0, compile=False,
 ):
     """SPICE-Semi "finetune" mode: backbone and head trained end to end on images.
 
@@ -271,6 +271,8 @@ def finetune(
     max_time : float or None
         Wall-clock budget in seconds.
     verbose : int
+    compile : bool
+        Run the network through :func:`torch.compile`.
 
     Under torchrun (``W`` processes) each process trains on its contiguous
     ``1 / W`` of the labelled and of the unlabelled samples of every global
@@ -290,13 +292,13 @@ def finetune(
             extractor, classifier, images, labels, reliable, n_steps=n_steps,
             batch_size=batch_size, mu=mu, threshold=threshold, learning_rate=learning_rate,
             ema_decay=ema_decay, flip=flip, seed=seed, device=device, max_time=max_time,
-            verbose=verbose,
+            verbose=verbose, compile=compile,
         )
 
 
 def _finetune(
     extractor, classifier, images, labels, reliable, *, n_steps, batch_size, mu, threshold,
-    learning_rate, ema_decay, flip, seed, device, max_time, verbose,
+    learning_rate, ema_decay, flip, seed, device, max_time, verbose, compile,
 ):
     sampler = _BalancedSampler(_check_reliable(reliable), labels)
     model = _Classifier(extractor.module, classifier).to(device)
@@ -349,7 +351,7 @@ def _finetune(
         return x.to(device, non_blocking=True).float().div_(255)
 
     history, start = [], time.perf_counter()
-    net = distributed.wrap_ddp(model, device)
+    net = compiled(distributed.wrap_ddp(model, device), compile)
     bar = tqdm(range(n_steps), desc="SPICE-Semi (finetune)", unit="step",
                disable=verbose <= 0 or not distributed.is_main_process())
     try:

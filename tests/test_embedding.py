@@ -1,5 +1,7 @@
 """Tests of spice_learn.embedding."""
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -162,3 +164,26 @@ def test_oom_with_batches_of_one_is_raised():
     with pytest.raises(torch.cuda.OutOfMemoryError), pytest.warns(RuntimeWarning):
         embed_images(extractor, torch.zeros((3, 3, 8, 8), dtype=torch.uint8), batch_size=4,
                      device=torch.device("cpu"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_stages_match_the_eager_ones(extractor, images):
+    """The real torch.compile (tens of seconds per graph on the CPU)."""
+    from spice_learn.pretrain import pretrain_simclr
+
+    cpu = torch.device("cpu")
+    eager = embed_views(extractor, images, _transforms(extractor), batch_size=16, device=cpu,
+                        seed=1)
+    fast = embed_views(extractor, images, _transforms(extractor), batch_size=16, device=cpu,
+                       seed=1, compile=True)
+    assert torch.allclose(eager, fast, atol=1e-4)
+    kwargs = dict(max_epochs=2, max_time=None, batch_size=16, learning_rate=1e-3,
+                  temperature=0.5, projection_dim=8, flip=True, seed=0, device=cpu)
+    losses = []
+    for compile in (False, True):
+        torch.manual_seed(0)  # the same initial weights for both
+        fresh = build_backbone(TinyNet(), None, (16, 16))
+        losses.append(pretrain_simclr(fresh, images, compile=compile, **kwargs))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-3)

@@ -862,3 +862,36 @@ def test_a_semi_round_that_empties_a_cluster_is_undone(monkeypatch):
     np.testing.assert_array_equal(est.labels_, calls[0])
     np.testing.assert_array_equal(est.predict(X), calls[0])
     assert est.semi_history_.shape == (200, 3)
+
+
+def test_compile_wraps_the_backbone_in_every_stage(monkeypatch):
+    wrapped = []
+
+    def spy(module, **kwargs):
+        wrapped.append(type(module).__name__)
+        return module  # the stage runs as without compile
+
+    monkeypatch.setattr(torch, "compile", spy)
+    X = images()
+    torch.manual_seed(0)  # the same TinyNet weights for both
+    plain = fast_images(pretrain="simclr", pretrain_epochs=1).fit(X)
+    assert wrapped == []
+    torch.manual_seed(0)
+    est = fast_images(pretrain="simclr", pretrain_epochs=1, compile=True).fit(X)
+    assert wrapped == ["SimCLRNet", "_PooledFeatures"], wrapped  # pretraining, view cache
+    np.testing.assert_array_equal(est.labels_, plain.labels_)
+    wrapped.clear()
+    est.predict(X)
+    assert len(wrapped) == 1
+    wrapped.clear()
+    fast_images(semi="finetune", pretrain=None, compile=True, n_neighbors=3,
+                reliability_threshold=0.3, semi_steps=2).fit(X)
+    # the view cache, finetune, the re-embedding after it (twice: 2 rounds)
+    assert wrapped == ["_PooledFeatures", "_Classifier", "_PooledFeatures"] * 1 + [
+        "_Classifier", "_PooledFeatures"], wrapped
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_compile_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        fast_images(compile=bad).fit(images())
