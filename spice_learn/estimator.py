@@ -603,7 +603,6 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         embeddings it was trained for, the last round's reliability scores and
         mask (None when no round ran) and the concatenated step history.
         """
-        k, n = self.n_clusters, cache.n_samples
         n_s = params["n_neighbors"]  # resolved by _resolve_neighbors
         reliability = reliable = neighbors = None
         histories = []

@@ -14,21 +14,14 @@ import pytest
 import torch
 from torch import nn
 
+from _nets import TinyNet
+
 import spice_learn.estimator as estimator_module
 from spice_learn import SpiceClustering
 from spice_learn.disk_cache import DiskArray, atomic_path, fingerprint, tensor_bytes
 
 
-class SmallNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
-
-
-BACKBONE = SmallNet()
+BACKBONE = TinyNet(channels=16)
 
 
 def _images(n=40, seed=0):

@@ -11,7 +11,8 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from torch import nn
+
+from _nets import TinyNet
 
 import spice_learn.estimator as estimator_module
 from spice_learn import SpiceClustering
@@ -20,17 +21,6 @@ from spice_learn.metrics import cluster_accuracy
 
 N_BLOBS, N_FEATURES, N_CENTERS = 60, 8, 3
 N_IMAGES = 20
-
-
-class TinyNet(nn.Module):
-    """A tiny backbone: (B, 3, H, W) -> (B, 8, H, W) maps (pooled by build_backbone)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
 
 
 class CountingNet(TinyNet):
@@ -693,6 +683,10 @@ def test_no_reliable_sample_warns_and_keeps_spice_self(monkeypatch):
 
 def test_semi_finetune_end_to_end_on_tiny_images():
     X = images(n=40)
+    # TinyNet's weights come from the global RNG: fixed here, so that the result does not
+    # depend on which tests ran before (other weights can make the round empty a cluster,
+    # and the guard then undoes it: seeds 0 and 1 do, 2 to 7 do not).
+    torch.manual_seed(3)
     est = fast_images(semi="finetune", n_neighbors=3, reliability_threshold=0.3, semi_steps=2,
                       semi_rounds=1, semi_batch_size=4, semi_mu=2).fit(X)
     ref = fast_images(semi=None).fit(X)

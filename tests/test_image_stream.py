@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from _nets import TinyNet
 from torch import nn
 
 from spice_learn import ImageStream, SpiceClustering
@@ -21,15 +22,6 @@ from spice_learn.image_input import as_images
 from spice_learn.image_stream import image_batches
 from spice_learn.plotting import plot_cluster_grid
 from spice_learn.pretrain import pretrain_simclr
-
-
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x))
 
 
 class Pairs(torch.utils.data.Dataset):
