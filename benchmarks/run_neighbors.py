@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def main(argv=None):
             backends.remove("faiss")
     if not backends:
         raise SystemExit("no backend to run")
-    rows = []
+    rows, load = [], [os.getloadavg()[0]]
     for n in args.n:
         for backend in backends:
             out = subprocess.run(
@@ -118,10 +119,12 @@ def main(argv=None):
                 raise SystemExit(f"N={n}, backend={backend} failed")
             rows.append(json.loads(line[-1][len("RESULT "):]))
             print(rows[-1], flush=True)
+    load.append(os.getloadavg()[0])
     versions = ", ".join(dict.fromkeys(r["version"] for r in rows))
     described = {
         "torch": f"`torch` (blocks of rows against all samples, {args.block_mib} MiB per block)",
-        "faiss": "`faiss` (exact `IndexFlatIP` search on the normalised features)",
+        "faiss": "`faiss` (exact `faiss.knn` search on the normalised features, in blocks of "
+                 "query rows)",
     }
     lines = [
         "## SPICE-Semi neighbour step alone",
@@ -132,9 +135,10 @@ def main(argv=None):
         f"{' or '.join(described[b] for b in backends)}, then the reliability scores "
         f"({versions}). Each N and backend ran in a fresh process; peak extra memory = highest "
         "resident set sampled every 5 ms during the step minus the resident set before it "
-        "(features already loaded). The 2-core "
-        "machine was shared with a CI run during this measurement, so times are upper "
-        "bounds.",
+        "(features already loaded). Load average of the machine "
+        f"{load[0]:.1f} at the start and {load[1]:.1f} at the end, on {os.cpu_count()} "
+        "cores (above that, other jobs shared the machine and times are upper bounds; "
+        "the ratio of the two backends at one N is the more robust number).",
         "",
         "| N | dims | backend | search s | score s | peak extra memory | dense N×N float32 would need |",
         "|---|---|---|---|---|---|---|",
