@@ -290,5 +290,13 @@ def embed_images(extractor, images, *, batch_size, device, verbose=0, compile=Fa
 
 def compiled(module, enabled):
     """``torch.compile(module)`` when ``enabled``, else ``module`` itself. The compiled
-    wrapper runs the same module: its parameters and state dict are the module's."""
+    wrapper runs the same module and shares its parameters (the wrapper's own state
+    dict prefixes the keys with ``_orig_mod.``; only the module's is ever saved).
+    Under torchrun the module is returned as it is, with a warning: compiling the
+    DistributedDataParallel wrapper with the global-batch BatchNorm has not been
+    tested."""
+    if enabled and distributed.is_distributed():
+        warnings.warn("compile=True is ignored under torchrun (not tested there yet); "
+                      "running eagerly.", UserWarning, stacklevel=3)
+        return module
     return torch.compile(module) if enabled else module

@@ -47,6 +47,7 @@ from .spice_self import (
 from .spice_semi import finetune, train_semi_head
 from .validation import (
     auto_int,
+    check_compile,
     check_int,
     check_n_jobs,
     check_real,
@@ -241,9 +242,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         "auto" uses CUDA when available, else the CPU.
     compile : bool, default=False
         Run the backbone through :func:`torch.compile` in pretraining,
-        embedding and "finetune" (and ``predict``/``transform``). Meant for
-        long GPU runs: the first batches of each stage pay the compilation
-        (tens of seconds), and compiling needs a C compiler on the CPU.
+        embedding and "finetune" (and ``predict``/``transform``/``score``).
+        Meant for long GPU runs: the first batches of each stage pay the
+        compilation (tens of seconds, counted in ``pretrain_time`` and
+        ``semi_time``); on the CPU compiling needs a C++ compiler. Under
+        torchrun it is ignored, with a warning (not tested there yet).
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, augmentation and sampling.
     verbose : int, default=0
@@ -568,7 +571,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         params = {"n_weak_views": 1, "n_strong_views": 1, "cache_dtype": "float32",
                   "embed_batch_size": self.embed_batch_size,
                   "device": distributed.setup(usable_device(self.device)),
-                  "compile": bool(self.compile)}
+                  "compile": check_compile(getattr(self, "compile", False))}
         if self.backbone_ is None:
             features = torch.from_numpy(self._check_features(X))
             cache = _feature_cache(features, params, seed)
@@ -722,7 +725,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             return embed_images(
                 self.backbone_, images, batch_size=self.embed_batch_size, device=device,
                 verbose=self.verbose if distributed.is_main_process() else 0,
-                compile=bool(self.compile),
+                compile=check_compile(getattr(self, "compile", False)),
             )
         finally:
             self.backbone_.module.cpu()
@@ -834,8 +837,6 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             semi_lr = check_real(self.semi_learning_rate, "semi_learning_rate", 0.0, None,
                                   "neither")
         check_real(self.ema_decay, "ema_decay", 0.0, 1.0, "left")
-        if not isinstance(self.compile, (bool, np.bool_)):
-            raise TypeError(f"compile must be True or False; got {self.compile!r}.")
         return {
             # None: "auto", resolved by _resolve_views once the number of samples is known
             "n_weak_views": auto_int(self.n_weak_views, "n_weak_views", None, 1),
@@ -848,7 +849,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "entropy_weight": entropy_weight,
             "device": resolve_device(self.device),
             "pretrain": pretrain,
-            "compile": bool(self.compile),
+            "compile": check_compile(self.compile),
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }

@@ -15,7 +15,7 @@ from . import distributed
 from .embedding import embed_images
 from .image_input import as_images
 from .representation import learn_representation
-from .validation import check_int, usable_device
+from .validation import check_compile, check_int, usable_device
 
 __all__ = ["ImageEmbedder"]
 
@@ -48,6 +48,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     batch_size : int, default=256
         Images per forward pass (``embed_batch_size`` of SpiceClustering).
     device : str or torch.device, default="auto"
+    compile : bool, default=False
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         See :class:`~spice_learn.SpiceClustering` for the meaning of each;
@@ -65,7 +66,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     def __init__(self, backbone="auto", *, weights=None, pretrain="auto", pretrain_epochs=100,
                  pretrain_time=None, small_stem="auto", flip="auto", batch_size=256,
-                 device="auto", random_state=None, verbose=0):
+                 device="auto", compile=False, random_state=None, verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.pretrain = pretrain
@@ -75,6 +76,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.flip = flip
         self.batch_size = batch_size
         self.device = device
+        self.compile = compile
         self.random_state = random_state
         self.verbose = verbose
 
@@ -92,7 +94,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             backbone=self.backbone, weights=self.weights, pretrain=self.pretrain,
             pretrain_epochs=self.pretrain_epochs, pretrain_time=self.pretrain_time,
             small_stem=self.small_stem, flip=self.flip, device=self.device,
-            verbose=self.verbose,
+            compile=self.compile, verbose=self.verbose,
         )
         params = stage1._check_params()
         check_int(self.batch_size, "batch_size", 1)
@@ -108,7 +110,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             verbose=self.verbose if distributed.is_main_process() else 0, max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
             batch_size=stage1.pretrain_batch_size,
             learning_rate=stage1.pretrain_learning_rate, temperature=stage1.temperature,
-            projection_dim=stage1.projection_dim,
+            projection_dim=stage1.projection_dim, compile=params["compile"],
         )
         extractor.module.cpu()
         self.backbone_ = extractor
@@ -129,6 +131,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             return embed_images(self.backbone_, images, batch_size=self.batch_size,
                                 device=distributed.setup(usable_device(self.device)),
                                 verbose=self.verbose if distributed.is_main_process() else 0,
+                                compile=check_compile(getattr(self, "compile", False)),
                                 ).numpy()
         finally:
             self.backbone_.module.cpu()

@@ -64,7 +64,8 @@ def learn_representation(
     verbose : int
     **pretrain_params
         ``max_epochs``, ``max_time``, ``batch_size``, ``learning_rate``,
-        ``temperature``, ``projection_dim`` of :func:`~spice_learn.pretrain.pretrain_simclr`.
+        ``temperature``, ``projection_dim``, ``checkpoint_dir`` and ``compile``
+        of :func:`~spice_learn.pretrain.pretrain_simclr`.
 
     Returns
     -------

@@ -11,7 +11,7 @@ import torch
 from sklearn.utils.validation import check_scalar
 
 __all__ = ["check_int", "check_real", "auto_int", "resolve_device", "usable_device",
-           "check_n_jobs", "torch_threads", "check_writable_dir"]
+           "check_n_jobs", "torch_threads", "check_writable_dir", "check_compile"]
 
 
 def check_int(value, name, min_val):
@@ -117,3 +117,10 @@ def check_writable_dir(path, name):
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{name}={os.fspath(path)!r} is not writable ({existing!r} does not "
                          "allow creating files).")
+
+
+def check_compile(value):
+    """``compile`` as a bool; TypeError for anything but True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"compile must be True or False; got {value!r}.")
+    return bool(value)

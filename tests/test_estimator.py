@@ -687,9 +687,10 @@ def test_semi_finetune_end_to_end_on_tiny_images():
     # depend on which tests ran before (other weights can make the round empty a cluster,
     # and the guard then undoes it: seeds 0 and 1 do, 2 to 7 do not).
     torch.manual_seed(3)
-    est = fast_images(semi="finetune", n_neighbors=3, reliability_threshold=0.3, semi_steps=2,
-                      semi_rounds=1, semi_batch_size=4, semi_mu=2).fit(X)
-    ref = fast_images(semi=None).fit(X)
+    net = TinyNet()  # both fits start from copies of it
+    est = fast_images(backbone=net, semi="finetune", n_neighbors=3, reliability_threshold=0.3,
+                      semi_steps=2, semi_rounds=1, semi_batch_size=4, semi_mu=2).fit(X)
+    ref = fast_images(backbone=net, semi=None).fit(X)
     assert est.semi_history_.shape == (2, 3)
     changed = [not torch.equal(a, b) for a, b in zip(
         est.backbone_.module.state_dict().values(), ref.backbone_.module.state_dict().values())]
@@ -877,12 +878,15 @@ def test_compile_wraps_the_backbone_in_every_stage(monkeypatch):
     wrapped.clear()
     est.predict(X)
     assert len(wrapped) == 1
+    est.transform(X)
+    est.score(X)
+    assert len(wrapped) == 3
     wrapped.clear()
-    fast_images(semi="finetune", pretrain=None, compile=True, n_neighbors=3,
+    torch.manual_seed(3)  # weights with which neither round is undone (see the test above)
+    fast_images(semi="finetune", pretrain=None, compile=True, n_neighbors=3, semi_rounds=2,
                 reliability_threshold=0.3, semi_steps=2).fit(X)
-    # the view cache, finetune, the re-embedding after it (twice: 2 rounds)
-    assert wrapped == ["_PooledFeatures", "_Classifier", "_PooledFeatures"] * 1 + [
-        "_Classifier", "_PooledFeatures"], wrapped
+    # the view cache, then per round: finetune and the re-embedding after it
+    assert wrapped == ["_PooledFeatures"] + ["_Classifier", "_PooledFeatures"] * 2, wrapped
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])

@@ -115,3 +115,20 @@ def test_direct_form_images_in_labels_out_inside_a_pipeline():
     labels = pipe.fit_predict(X)
     assert labels.shape == (20,)
     np.testing.assert_array_equal(pipe.predict(X), labels)
+
+
+def test_compile_wraps_pretraining_and_embedding(monkeypatch):
+    wrapped = []
+
+    def spy(module, **kwargs):
+        wrapped.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", spy)
+    X = images()
+    embedder = ImageEmbedder(compile=True, **FAST).fit(X)
+    assert wrapped == ["SimCLRNet"]
+    embedder.transform(X)
+    assert len(wrapped) == 2
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        ImageEmbedder(compile="yes", **FAST).fit(X)
