@@ -637,7 +637,10 @@ def render(rows, args, wall, date, load, where):
         + " of the similarity matrix, so the blocked search degenerates to "
         "matrix-vector products: give it larger blocks (`block_bytes`) on a GPU, or "
         "replace it by an approximate index (faiss IVF/HNSW, on GPU) for 10M images; "
-        "the neighbour indices themselves stay linear in N.",
+        "the neighbour indices themselves stay linear in N. (These timings are the torch "
+        "search; with faiss installed the library searches with exact `faiss.knn`, "
+        "faster by a constant factor (see the neighbour section of benchmarks.md) but "
+        "quadratic too.)",
         "- **Memory**: at 10M images the images alone need "
         f"{_fmt_bytes(targets[-1]['bytes']['images'])} of RAM when passed as an array "
         "(one uint8 tensor); pass an `ImageStream` (or a torch Dataset) to read them "
