@@ -56,14 +56,18 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device, warm_up=None):
-    """Seconds of ``fn()`` after one untimed call of ``warm_up`` (default: ``fn``)."""
+def _timed(fn, device, warm_up=None, repeats=3):
+    """Fewest seconds of ``repeats`` calls of ``fn()``, after one untimed call of
+    ``warm_up`` (default: ``fn``)."""
     (warm_up or fn)()
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def bare_forward(extractor, images, batch_size, device):
@@ -96,7 +100,7 @@ def pretrain_seconds(extractor, images, batch_size, device):
         pretrain_simclr(copy.deepcopy(extractor), images, max_epochs=1, max_time=None,
                         batch_size=batch_size, learning_rate=1e-3, temperature=0.5,
                         projection_dim=128, flip=True, seed=0, device=device)
-    return _timed(run, device, warm_up=lambda: run(images[: 2 * batch_size]))
+    return _timed(run, device, warm_up=lambda: run(images[: 2 * batch_size]), repeats=1)
 
 
 def _random_views(n, dim, n_weak=2, n_strong=4):
@@ -119,7 +123,7 @@ def head_seconds(views, epochs, device, folder):
                         batch_size=1000, minibatch_size=128, max_epochs=epochs,
                         learning_rate=5e-3, confidence_ratio=0.5, entropy_weight=0.0,
                         seed=0, device=device)
-        times[where] = _timed(run, device)
+        times[where] = _timed(run, device, repeats=1)
     return times
 
 
@@ -179,7 +183,8 @@ def report(rows, args, device):
         "Streamed: the same images as PNG files, embedded from an `ImageStream` of the "
         "folder (decoded batch by batch by a DataLoader with 0 or 2 worker processes); "
         "ratio to the embedding from the tensor in memory. "
-        "Each number is the second of two calls; all ratios come from the same run. "
+        "Each number is the fastest of 3 calls after a warm-up call (pretraining and "
+        "heads: one call after the warm-up); all ratios come from the same run. "
         "On a 2-core machine shared with other jobs ratios above 1 show the noise of "
         "such runs (about 20 %).",
         "",
