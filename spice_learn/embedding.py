@@ -27,7 +27,8 @@ from .image_stream import image_batches
 from .validation import torch_threads
 
 __all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
-           "halve_after_oom", "isolated_rng", "check_same_images", "compiled"]
+           "halve_after_oom", "isolated_rng", "check_same_images", "compiled",
+           "derived_seed"]
 
 
 @contextlib.contextmanager
@@ -204,9 +205,13 @@ def _block_seed(seed, block):
     at most ``batch_size`` images get the augmentations of earlier versions (their
     embeddings differ by float rounding, about 5e-7, since the input conversion
     became one ``addcmul``)."""
-    if block == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0] >> 1)
+    return seed if block == 0 else derived_seed(seed, block)
+
+
+def derived_seed(seed, key):
+    """A seed for a stream of random numbers of its own, derived from ``seed`` and the
+    int ``key`` (numpy's SeedSequence: seeds apart for every key); below 2**63."""
+    return int(np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class _Forward:

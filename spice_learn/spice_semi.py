@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batch_augment import contrastive_augment, weak_augment
-from .embedding import autocast_dtype, compiled, isolated_rng
+from .embedding import autocast_dtype, compiled, derived_seed, isolated_rng
 from .heads import MultiHeadClassifier
 from .image_stream import image_batches
 
@@ -333,8 +333,7 @@ def _finetune(
 
     # The steps' samples come from their own generator, so that an ImageStream can
     # decode the batches ahead (its DataLoader) while the augmentations use ``gen``.
-    draws = torch.Generator().manual_seed(
-        int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0] >> 1))
+    draws = torch.Generator().manual_seed(derived_seed(seed, 1))
 
     def step_rows():  # this process's labelled and unlabelled rows of each step
         for _ in range(n_steps):
