@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .image_input import _from_array, _open_image, list_image_files
+from .image_input import _from_array, _open_image, _tensor_to_numpy, list_image_files
 
 __all__ = ["ImageStream", "image_batches"]
 
@@ -246,8 +246,7 @@ class ImageStream:
         if isinstance(item, (str, os.PathLike)):
             return _pil_to_tensor(_open_image(Path(item)))
         if isinstance(item, torch.Tensor):
-            array, channels_first = item.detach().cpu(), True
-            array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+            array, channels_first = _tensor_to_numpy(item), True
         elif isinstance(item, np.ndarray):
             array, channels_first = item, False
         else:
