@@ -92,3 +92,67 @@ def digits(path=None):
 
     d = load_digits()
     return np.rint(d.images * (255 / 16)).astype(np.uint8), d.target.astype(np.int64)
+
+
+#: The ten outlines of :func:`shapes`, as polygons in [-1, 1]^2 (None: an ellipse drawn by PIL).
+_SHAPES = {
+    "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
+    "triangle": [(0, -1), (1, 0.8), (-1, 0.8)],
+    "cross": [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1),
+              (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)],
+    "star": None, "disc": None, "ring": None,
+    "bar": [(-1, -0.25), (1, -0.25), (1, 0.25), (-1, 0.25)],
+    "ell": [(-1, -1), (-0.4, -1), (-0.4, 0.4), (1, 0.4), (1, 1), (-1, 1)],
+    "arrow": [(-1, -0.25), (0.2, -0.25), (0.2, -0.7), (1, 0), (0.2, 0.7), (0.2, 0.25), (-1, 0.25)],
+    "crescent": None,
+}
+
+
+def shapes(n=2000, size=32, seed=0):
+    """Synthetic colour images: ten outlines (the classes) drawn in a random colour on a
+    random background colour, at a random position, scale and rotation.
+
+    The nuisance factors (colour, position, scale, rotation) vary more than the class;
+    KMeans on the pixels is near chance, a supervised small CNN separates them.
+    Returns ``(n, size, size, 3)`` uint8 images and the labels.
+    """
+    import math
+
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    names = list(_SHAPES)
+    y = rng.integers(0, len(names), size=n)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    big = size * 4  # drawn large, then downsampled (anti-aliasing)
+    for i, label in enumerate(y):
+        fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        while np.abs(fg.astype(int) - bg).sum() < 150:  # keep the outline visible
+            fg = rng.integers(0, 256, 3)
+        img = Image.new("RGB", (big, big), tuple(int(c) for c in bg))
+        draw = ImageDraw.Draw(img)
+        scale = rng.uniform(0.22, 0.4) * big
+        cx, cy = rng.uniform(scale, big - scale, 2)
+        angle = rng.uniform(0, 2 * math.pi)
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        colour = tuple(int(c) for c in fg)
+        name = names[label]
+        box = [cx - scale, cy - scale, cx + scale, cy + scale]
+        if name == "disc":
+            draw.ellipse(box, fill=colour)
+        elif name == "ring":
+            draw.ellipse(box, outline=colour, width=max(1, int(scale * 0.3)))
+        elif name == "crescent":
+            draw.ellipse(box, fill=colour)
+            off = scale * 0.5 * np.array([math.cos(angle), math.sin(angle)])
+            draw.ellipse([box[0] + off[0], box[1] + off[1], box[2] + off[0], box[3] + off[1]],
+                         fill=tuple(int(c) for c in bg))
+        else:
+            pts = (np.array([(math.cos(t), math.sin(t)) if j % 2 == 0 else
+                             (0.45 * math.cos(t), 0.45 * math.sin(t))
+                             for j, t in enumerate(np.linspace(0, 2 * math.pi, 11)[:-1])])
+                   if name == "star" else np.array(_SHAPES[name], dtype=float))
+            pts = pts @ rot.T * scale + (cx, cy)
+            draw.polygon([tuple(p) for p in pts], fill=colour)
+        out[i] = np.asarray(img.resize((size, size), Image.BILINEAR))
+    return out, y.astype(np.int64)

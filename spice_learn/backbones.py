@@ -75,7 +75,7 @@ class FeatureExtractor:
     stem: str = "original"
 
 
-def build_backbone(backbone, weights, image_size, *, small_stem="auto", seed=0):
+def build_backbone(backbone, weights, image_size, *, small_stem="auto", seed=0, input_size=None):
     """Create the feature extractor for images of ``image_size``.
 
     Parameters
@@ -97,6 +97,10 @@ def build_backbone(backbone, weights, image_size, *, small_stem="auto", seed=0):
         about 16x the compute at 224 px.
     seed : int
         Seed for the random initialisation (the global RNG state is restored).
+    input_size : tuple of int or None
+        ``(H, W)`` the network is fed, overriding its default (None: the model's
+        preferred size for fixed-size models such as ``spice_convnet4``, the images'
+        own size, at least 32 px, for small images, else timm's configuration).
 
     Returns
     -------
@@ -128,7 +132,9 @@ def build_backbone(backbone, weights, image_size, *, small_stem="auto", seed=0):
         _load_into(model, state_dict, weights)
     config = timm.data.resolve_model_data_config(model)
     fixed = bool(getattr(model, "pretrained_cfg", {}).get("fixed_input_size", False))
-    if small and not fixed:
+    if input_size is not None:
+        input_size = tuple(int(s) for s in input_size)
+    elif small and not fixed:
         input_size = tuple(max(int(s), MIN_INPUT_SIZE) for s in image_size)
     else:
         input_size = tuple(int(s) for s in config["input_size"][1:])

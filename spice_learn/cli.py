@@ -25,12 +25,13 @@ def _demo(args):
     # The bundled images hold values 0-16; scale them to ordinary 8-bit images.
     X = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8)
     y = digits.target  # used only to score
-    model = SpiceClustering(n_clusters=10, random_state=args.seed, verbose=args.verbose)
+    model = SpiceClustering(n_clusters=10, random_state=args.seed,
+                            verbose=_verbosity(args))
     print(f"spice-learn {__version__} demo: scikit-learn digits, {len(X)} grayscale images of "
           "8x8 px, 10 classes (labels used only for scoring).")
     print(f"Running {model!r} with its defaults: SimCLR pretraining of a small conv net "
-          f"({model.pretrain_epochs} epochs), then SPICE-Self ({model.n_heads} heads, "
-          f"{model.max_epochs} epochs, label-free head selection), then SPICE-Semi "
+          f"(epochs chosen for the data and the machine), then {model.n_heads} cluster heads "
+          f"({model.head_objective!r} objective, label-free head selection), then SPICE-Semi "
           f"({model.semi!r} mode, {model.semi_rounds} rounds of {model.semi_steps} steps).",
           flush=True)
     rows = []
@@ -93,7 +94,7 @@ def _cluster(args):
         pretrain_epochs=args.pretrain_epochs,
         pretrain_time=None if args.pretrain_minutes is None else 60 * args.pretrain_minutes,
         semi=None if args.semi == "none" else args.semi, random_state=args.seed,
-        verbose=args.verbose,
+        verbose=_verbosity(args),
     )
     start = time.perf_counter()
     model.fit(images)
@@ -142,6 +143,28 @@ def _cluster(args):
     return 0
 
 
+def _epochs(text):
+    return text if text == "auto" else int(text)
+
+
+def _add_verbosity(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--verbose", type=int, default=None,
+                       help="0: quiet; 1: the plan, progress bars with an ETA and a line per "
+                       "stage (default: 1 on a terminal, 0 otherwise)")
+    group.add_argument("--quiet", "-q", action="store_true",
+                       help="no progress output (same as --verbose 0)")
+
+
+def _verbosity(args):
+    """``--verbose``, else 0 with ``--quiet``, else progress when stderr is a terminal."""
+    if args.quiet:
+        return 0
+    if args.verbose is not None:
+        return args.verbose
+    return 1 if sys.stderr.isatty() else 0
+
+
 def build_parser():
     """The ``spice-learn`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -158,7 +181,7 @@ def build_parser():
         "a few minutes on 2 CPU cores.",
     )
     demo.add_argument("--seed", type=int, default=0, help="random_state (default: 0)")
-    demo.add_argument("--verbose", type=int, default=0, help="progress bars when > 0")
+    _add_verbosity(demo)
     demo.set_defaults(func=_demo)
 
     cluster = sub.add_parser(
@@ -181,19 +204,20 @@ def build_parser():
     group.add_argument("--link", action="store_true",
                        help="symlink images into OUT/cluster_NN/")
     cluster.add_argument("--backbone", default="auto",
-                         help="timm model name, or 'auto' (default: small conv net up to 28 px, "
-                         "else resnet18)")
+                         help="timm model name, or 'auto' (default: a small conv net on the CPU; "
+                         "on a GPU, resnet18 above 28 px)")
     cluster.add_argument("--weights", default=None,
                          help="'pretrained' (timm zoo, needs a network) or a state dict file; "
                          "default: pretrain on the images themselves")
-    cluster.add_argument("--pretrain-epochs", type=int, default=100,
-                         help="self-supervised pretraining epochs (default: 100)")
+    cluster.add_argument("--pretrain-epochs", type=_epochs, default="auto",
+                         help="self-supervised pretraining epochs, or 'auto' (default: chosen "
+                         "from the number of images and the device)")
     cluster.add_argument("--pretrain-minutes", type=float, default=None,
                          help="wall-clock budget for pretraining in minutes (default: none)")
     cluster.add_argument("--semi", choices=["head", "finetune", "none"], default="head",
                          help="SPICE-Semi refinement (default: head)")
     cluster.add_argument("--seed", type=int, default=0, help="random_state (default: 0)")
-    cluster.add_argument("--verbose", type=int, default=0, help="progress bars when > 0")
+    _add_verbosity(cluster)
     cluster.set_defaults(func=_cluster)
     return parser
 

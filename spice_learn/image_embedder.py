@@ -41,7 +41,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     backbone : str, torch.nn.Module or FeatureExtractor, default="auto"
     weights : None, "pretrained" or path-like, default=None
     pretrain : {"auto", "simclr"} or None, default="auto"
-    pretrain_epochs : int, default=100
+    pretrain_epochs : int or "auto", default="auto"
     pretrain_time : float or None, default=None
     small_stem : {"auto", True, False}, default="auto"
     flip : bool or "auto", default="auto"
@@ -64,7 +64,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         Embedding dimension ``D``.
     """
 
-    def __init__(self, backbone="auto", *, weights=None, pretrain="auto", pretrain_epochs=100,
+    def __init__(self, backbone="auto", *, weights=None, pretrain="auto", pretrain_epochs="auto",
                  pretrain_time=None, small_stem="auto", flip="auto", batch_size=256,
                  device="auto", compile=False, random_state=None, verbose=0):
         self.backbone = backbone
@@ -107,7 +107,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             self.backbone, self.weights, images, pretrain=params["pretrain"],
             small_stem=self.small_stem, flip=self.flip, build_seed=build_seed,
             pretrain_seed=pretrain_seed, device=device,
-            verbose=self.verbose if distributed.is_main_process() else 0, max_epochs=self.pretrain_epochs, max_time=self.pretrain_time,
+            verbose=self.verbose if distributed.is_main_process() else 0, max_epochs=params["pretrain_epochs"], max_time=self.pretrain_time,
             batch_size=stage1.pretrain_batch_size,
             learning_rate=stage1.pretrain_learning_rate, temperature=stage1.temperature,
             projection_dim=stage1.projection_dim, compile=params["compile"],

@@ -1,10 +1,10 @@
-"""Losses of SPICE-Self, per head. Shapes: ``H`` heads, ``B`` samples, ``k`` clusters."""
+"""Losses of the cluster heads (SPICE-Self and SCAN), per head. Shapes: ``H`` heads, ``B`` samples, ``k`` clusters."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-__all__ = ["double_softmax_cross_entropy", "negative_entropy_of_mean"]
+__all__ = ["double_softmax_cross_entropy", "negative_entropy_of_mean", "neighbour_consistency"]
 
 
 def double_softmax_cross_entropy(probs, targets):
@@ -38,3 +38,20 @@ def negative_entropy_of_mean(probs):
     """
     mean = probs.mean(dim=1).clamp_min(1e-8)
     return (mean * mean.log()).sum(dim=1)
+
+
+def neighbour_consistency(probs, neighbour_probs):
+    """SCAN's consistency term: ``-log <p_i, p_j>`` for a sample ``i`` and one of its
+    nearest neighbours ``j``, averaged over the batch, shape ``(H,)``.
+
+    It is small when a sample and its neighbour are assigned to the same cluster
+    with confidence (Van Gansbeke et al., "SCAN: Learning to Classify Images
+    without Labels", ECCV 2020, Eq. 2).
+
+    Parameters
+    ----------
+    probs, neighbour_probs : torch.Tensor of shape (H, B, k)
+        Softmax probabilities of each head for the samples and their neighbours.
+    """
+    agreement = (probs * neighbour_probs).sum(dim=2).clamp_min(1e-7)
+    return -agreement.log().mean(dim=1)

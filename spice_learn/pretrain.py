@@ -110,6 +110,7 @@ class ProjectionHead(nn.Sequential):
 def pretrain_simclr(
     extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
     projection_dim, flip, seed, device, verbose=0, checkpoint_dir=None, compile=False,
+    augment=None,
 ):
     """Train ``extractor.module`` in place with SimCLR on ``images``.
 
@@ -147,6 +148,9 @@ def pretrain_simclr(
         run ends with exactly the weights of an uninterrupted one.
     compile : bool
         Run the network through :func:`torch.compile`.
+    augment : BatchAugment or None
+        The augmentation of both views; None: :func:`~spice_learn.batch_augment.contrastive_augment`
+        for the extractor's input size and ``flip``.
 
     On a CUDA out-of-memory error the batch is halved and training goes on
     (with a warning); under torchrun the error is raised instead (the processes
@@ -175,13 +179,13 @@ def pretrain_simclr(
             extractor, images, max_epochs=max_epochs, max_time=max_time,
             batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
             projection_dim=projection_dim, flip=flip, seed=seed, device=device,
-            verbose=verbose, checkpoint_dir=checkpoint_dir, compile=compile,
+            verbose=verbose, checkpoint_dir=checkpoint_dir, compile=compile, augment=augment,
         )
 
 
 def _pretrain_simclr(
     extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
-    projection_dim, flip, seed, device, verbose, checkpoint_dir, compile,
+    projection_dim, flip, seed, device, verbose, checkpoint_dir, compile, augment,
 ):
     module = extractor.module.to(device).train().requires_grad_(True)
     module = module.to(memory_format=torch.channels_last)
@@ -190,7 +194,8 @@ def _pretrain_simclr(
     params = list(module.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
     size = list(extractor.input_size)
-    augment = contrastive_augment(size, flip=flip)
+    if augment is None:
+        augment = contrastive_augment(size, flip=flip)
     mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
     amp = autocast_dtype(device, bf16_only=True)
@@ -200,7 +205,8 @@ def _pretrain_simclr(
     history, spent, checkpoint, fingerprint = [], 0.0, None, None
     if checkpoint_dir is not None:
         fingerprint = run_fingerprint(images, extractor, max_epochs, max_time, batch_size,
-                                      learning_rate, temperature, projection_dim, flip, seed)
+                                      learning_rate, temperature, projection_dim, flip, seed,
+                                      repr(augment))
         checkpoint = Path(checkpoint_dir) / f"pretrain-{fingerprint[:20]}.pt"
         # Rank 0 reads the checkpoint and every process resumes from its copy (processes
         # that look for the file themselves could resume at different epochs).

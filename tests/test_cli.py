@@ -90,3 +90,42 @@ def test_rerun_into_the_same_output_inside_the_folder(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 24  # the first run's overview and links were not clustered
     assert len(list(out.glob("cluster_*/*.png"))) == 24  # stale folders were replaced
+
+
+@pytest.mark.parametrize("argv,tty,expected", [
+    ([], True, 1), ([], False, 0), (["--quiet"], True, 0), (["-q"], False, 0),
+    (["--verbose", "2"], False, 2), (["--verbose", "0"], True, 0),
+])
+def test_progress_by_default_on_a_terminal(monkeypatch, argv, tty, expected):
+    from spice_learn import cli
+
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: tty)
+    args = build_parser().parse_args(["demo", *argv])
+    assert cli._verbosity(args) == expected
+
+
+def test_quiet_and_verbose_exclude_each_other():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--quiet", "--verbose", "1"])
+
+
+def test_cluster_shows_the_plan_and_progress_when_asked(tmp_path, capsys):
+    root = _make_folder(tmp_path)
+    assert main(["cluster", str(root), "-k", "2", "--out", str(tmp_path / "o"), *FAST,
+                 "--verbose", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: spice_convnet4" in err and "pretraining (SimCLR)" in err
+
+
+def test_cluster_separates_obviously_different_images(tmp_path):
+    root = _make_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["cluster", str(root), "-k", "2", "--out", str(out), *FAST, "-q"]) == 0
+    with open(out / "clusters.csv") as f:
+        rows = list(csv.DictReader(f))
+    side = {r["path"]: int(r["path"][-6:-4]) % 2 for r in rows}  # bright left / right
+    clusters = {r["path"]: r["cluster"] for r in rows}
+    agree = sum(clusters[p] == clusters[q] for p in side for q in side if side[p] == side[q])
+    total = sum(1 for p in side for q in side if side[p] == side[q])
+    assert agree == total  # each kind in one cluster
+    assert len(set(clusters.values())) == 2

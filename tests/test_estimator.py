@@ -529,11 +529,14 @@ def test_bad_images_raise_and_leave_fitted_state(fitted_images, X_bad, error, ma
     assert_unchanged(est, snap)
 
 
-@pytest.mark.parametrize("stage", ["train_heads", "head_selection_losses", "_feature_cache",
+@pytest.mark.parametrize("stage", ["train_heads", "head_selection_losses", "train_scan_heads",
+                                   "scan_selection_losses", "_feature_cache",
                                    "nearest_neighbors", "train_semi_head"])
 def test_late_failure_leaves_fitted_state(fitted_precomputed, monkeypatch, stage):
     fitted, X = fitted_precomputed
     est = copy.deepcopy(fitted)
+    if stage in ("train_heads", "head_selection_losses"):  # the "spice" objective's stages
+        est.set_params(head_objective="spice")
     snap = snapshot(est)
 
     def boom(*args, **kwargs):
@@ -639,13 +642,31 @@ def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
         return real(features, n_neighbors, **kwargs)
 
     monkeypatch.setattr(estimator_module, "nearest_neighbors", spy)
-    est = fast_precomputed(n_neighbors=100, semi_steps=5).fit(X)
+    spice = {"head_objective": "spice"}  # searches for SPICE-Semi alone
+    est = fast_precomputed(n_neighbors=100, semi_steps=5, **spice).fit(X)
     assert seen["k"] == est.n_neighbors_ == 60 // N_CENTERS - 1
-    est = fast_precomputed(semi_steps=5).fit(X)  # "auto": a sixth of the average cluster
+    est = fast_precomputed(semi_steps=5, **spice).fit(X)  # "auto": a sixth of the average cluster
     assert seen["k"] == est.n_neighbors_ == 60 // (6 * N_CENTERS)
-    est = fast_precomputed(semi_steps=5).fit(blobs(n=6000)[0])  # "auto" stops at the paper's 100
+    est = fast_precomputed(semi_steps=5, **spice).fit(blobs(n=6000)[0])  # stops at the paper's 100
     assert seen["k"] == est.n_neighbors_ == 100
     assert fast_precomputed(semi=None).fit(X).n_neighbors_ is None
+
+
+def test_scan_and_semi_share_one_neighbour_search(monkeypatch):
+    X, _ = blobs(n=600)  # average cluster 200: SCAN wants 20 neighbours, SPICE-Semi 33
+    calls = []
+    real = estimator_module.nearest_neighbors
+
+    def spy(features, n_neighbors, **kwargs):
+        calls.append(n_neighbors)
+        return real(features, n_neighbors, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "nearest_neighbors", spy)
+    est = fast_precomputed(semi_steps=5).fit(X)
+    assert calls == [max(20, est.n_neighbors_)] and est.n_neighbors_ == 600 // (6 * N_CENTERS)
+    calls.clear()
+    fast_precomputed(semi=None).fit(X)
+    assert calls == [20]
 
 
 def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
@@ -660,7 +681,8 @@ def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
         return head, history
 
     monkeypatch.setattr(estimator_module, "train_semi_head", spy)
-    est = fast_precomputed(n_neighbors=10, semi_steps=200, semi_rounds=3).fit(X)
+    est = fast_precomputed(n_neighbors=10, semi_steps=200, semi_rounds=3,
+                           head_objective="spice").fit(X)
     assert len(calls) == 3
     np.testing.assert_array_equal(calls[0][0], est.self_labels_)
     for before, after in zip(calls, calls[1:]):
@@ -767,7 +789,7 @@ def test_interrupted_fit_leaves_fitted_state(fitted_precomputed, monkeypatch, er
 def test_interrupted_first_fit_leaves_estimator_unfitted(monkeypatch):
     X, _ = blobs()
     est = fast_precomputed()
-    monkeypatch.setattr(estimator_module, "head_selection_losses",
+    monkeypatch.setattr(estimator_module, "scan_selection_losses",
                         lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         est.fit(X)
@@ -799,7 +821,7 @@ def test_verbose_prints_stage_lines(capsys):
     X, _ = blobs(n=90)
     fast_precomputed(verbose=1).fit(X)
     err = capsys.readouterr().err
-    assert "SPICE-Self: selected head" in err and "SPICE-Semi (head)" in err
+    assert "SPICE-Self (scan heads): selected head" in err and "SPICE-Semi (head)" in err
     fast_precomputed(verbose=0).fit(X)
     assert "SpiceClustering" not in capsys.readouterr().err
 
