@@ -139,16 +139,18 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         budget, the number of steps and the learning-rate schedule depend on the
         machine's speed, so a fixed ``random_state`` no longer gives identical
         weights from run to run.
-    pretrain_batch_size : int, default=128
+    pretrain_batch_size : int or "auto", default="auto"
         Images per pretraining step (two views each).
-    pretrain_learning_rate : float, default=4e-3
+    pretrain_learning_rate : float or "auto", default="auto"
         Peak AdamW learning rate of pretraining.
-    temperature : float, default=0.2
-        NT-Xent temperature. The three defaults are tuned for minutes on a CPU:
-        in our probes (2,000 random-colour shapes and CIFAR-10 photos, 16 px,
-        75 epochs) batch 128 at 4e-3 and temperature 0.2 learned more per second
-        than batch 256 at 1e-3 and temperature 0.5 (SimCLR's CIFAR setting), as
-        small batches give more steps per epoch.
+    temperature : float or "auto", default="auto"
+        NT-Xent temperature. "auto" for these three depends on whether the
+        images have colour (:func:`spice_learn.representation.default_simclr_settings`):
+        grayscale images get batch 256, 1e-3 and 0.5, colour images batch 128,
+        4e-3 and 0.2. In our probes (16 px, minutes on a CPU) the first was
+        better on digits and USPS (USPS, 41 epochs: 0.978 against 0.921 ACC after
+        SPICE-Semi), the second on random-colour shapes (kNN accuracy of the
+        embedding 0.44 against 0.39 at the same cost).
     projection_dim : int, default=128
         Output size of the SimCLR projection head.
     small_stem : {"auto", True, False}, default="auto"
@@ -353,7 +355,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     plan_ : dict
         What the "auto" settings resolved to for this data and device:
         ``backbone``, ``input_size`` (what the network saw), ``colour`` (whether
-        the images have colour), ``pretrain_epochs``, ``n_weak_views``,
+        the images have colour), ``pretrain_epochs``, ``pretrain_batch_size``,
+        ``pretrain_learning_rate``, ``temperature``, ``n_weak_views``,
         ``n_strong_views``, ``head_objective``, ``head_epochs`` and
         ``estimated_seconds`` (stage 1 and the view cache on 2 CPU cores; None
         without a cost model). At ``verbose >= 1`` the plan is printed before
@@ -372,8 +375,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
     def __init__(
         self, n_clusters=10, *, backbone="auto", weights=None, pretrain="auto",
-        pretrain_epochs="auto", pretrain_time=None, pretrain_batch_size=128,
-        pretrain_learning_rate=4e-3, temperature=0.2, projection_dim=128, small_stem="auto",
+        pretrain_epochs="auto", pretrain_time=None, pretrain_batch_size="auto",
+        pretrain_learning_rate="auto", temperature="auto", projection_dim=128, small_stem="auto",
         n_heads=10, head_objective="scan",
         hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs="auto",
         learning_rate="auto", confidence_ratio=0.5, entropy_weight="auto", n_weak_views="auto",
@@ -462,7 +465,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         # Under torchrun: join the process group, one GPU per process, rank 0's seeds
         # (random_state=None would draw other ones in each process), rank 0 reports.
         device = params["device"] = distributed.setup(params["device"])
-        _check_world_size(params, self.pretrain_batch_size, self.semi_batch_size)
+        _check_world_size(params, params["pretrain_batch_size"], self.semi_batch_size)
         seeds = distributed.broadcast_object(
             [int(s) for s in rng.randint(0, 2**31 - 1, size=5)])
         verbose = self.verbose if distributed.is_main_process() else 0
@@ -493,8 +496,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             self._check_n_samples(images.shape[0])
             _resolve_views(params, images.shape[0])
             _resolve_neighbors(params, images.shape[0], self.n_clusters)
-            plan = plan_representation(self.backbone, images, pretrain=params["pretrain"],
-                                       pretrain_epochs=params["pretrain_epochs"], device=device)
+            plan = plan_representation(
+                self.backbone, images, pretrain=params["pretrain"], device=device,
+                pretrain_epochs=params["pretrain_epochs"],
+                batch_size=params["pretrain_batch_size"],
+                learning_rate=params["pretrain_learning_rate"], temperature=params["temperature"])
             n_views = 1 + params["n_weak_views"] + params["n_strong_views"]
             estimate = estimate_seconds(plan, images.shape[0], n_views)
             size = "its own input size" if plan.input_size is None else \
@@ -509,8 +515,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 small_stem=self.small_stem, flip=self.flip, build_seed=seeds[0],
                 pretrain_seed=seeds[3], device=device, verbose=verbose, plan=plan,
                 max_time=self.pretrain_time,
-                batch_size=self.pretrain_batch_size, learning_rate=self.pretrain_learning_rate,
-                temperature=self.temperature, projection_dim=self.projection_dim,
+                batch_size=params["pretrain_batch_size"],
+                learning_rate=params["pretrain_learning_rate"],
+                temperature=params["temperature"], projection_dim=self.projection_dim,
                 checkpoint_dir=self.checkpoint_dir, compile=params["compile"],
             )
             if params["pretrain"]:
@@ -597,6 +604,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "input_size": None if extractor is None else tuple(extractor.input_size),
             "colour": None if plan is None else plan.colour,
             "pretrain_epochs": len(pretrain_history) if plan is None else plan.pretrain_epochs,
+            "pretrain_batch_size": None if plan is None else plan.batch_size,
+            "pretrain_learning_rate": None if plan is None else plan.learning_rate,
+            "temperature": None if plan is None else plan.temperature,
             "n_weak_views": params["n_weak_views"], "n_strong_views": params["n_strong_views"],
             "head_objective": self.head_objective, "head_epochs": int(history.shape[0]),
             "estimated_seconds": estimate,
@@ -904,9 +914,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         pretrain_epochs = auto_int(self.pretrain_epochs, "pretrain_epochs", None, 1)
         if self.pretrain_time is not None:
             check_real(self.pretrain_time, "pretrain_time", 0.0, None, "neither")
-        check_int(self.pretrain_batch_size, "pretrain_batch_size", 2)
-        check_real(self.pretrain_learning_rate, "pretrain_learning_rate", 0.0, None, "neither")
-        check_real(self.temperature, "temperature", 0.0, None, "neither")
+        # None: "auto", resolved from the images (representation.default_simclr_settings)
+        pretrain_batch_size = auto_int(self.pretrain_batch_size, "pretrain_batch_size", None, 2)
+        pretrain_lr = _auto_real(self.pretrain_learning_rate, "pretrain_learning_rate")
+        temperature = _auto_real(self.temperature, "temperature")
         check_int(self.projection_dim, "projection_dim", 1)
         pretrain = wants_pretraining(self.pretrain, backbone, self.weights)
         weights = self.weights
@@ -962,17 +973,28 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "device": resolve_device(self.device),
             "pretrain": pretrain,
             "pretrain_epochs": pretrain_epochs,
+            "pretrain_batch_size": pretrain_batch_size,
+            "pretrain_learning_rate": pretrain_lr,
+            "temperature": temperature,
             "compile": check_compile(self.compile),
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }
 
 
+def _auto_real(value, name):
+    """None for "auto", else ``value`` checked to be a positive finite real."""
+    if isinstance(value, str) and value == "auto":
+        return None
+    return check_real(value, name, 0.0, None, "neither")
+
+
 def _check_world_size(params, pretrain_batch_size, semi_batch_size):
     """Under torchrun every global batch is shared out, at least one sample a process:
     check that before any image is read (the training loops check again)."""
     world = distributed.world_size()
-    for used, name, value in ((params["pretrain"], "pretrain_batch_size", pretrain_batch_size),
+    for used, name, value in ((params["pretrain"] and pretrain_batch_size is not None,
+                               "pretrain_batch_size", pretrain_batch_size),
                               (params["semi"] == "finetune", "semi_batch_size",
                                semi_batch_size)):
         if used and value < world:

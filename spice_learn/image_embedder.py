@@ -108,8 +108,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             small_stem=self.small_stem, flip=self.flip, build_seed=build_seed,
             pretrain_seed=pretrain_seed, device=device,
             verbose=self.verbose if distributed.is_main_process() else 0, max_epochs=params["pretrain_epochs"], max_time=self.pretrain_time,
-            batch_size=stage1.pretrain_batch_size,
-            learning_rate=stage1.pretrain_learning_rate, temperature=stage1.temperature,
+            batch_size=params["pretrain_batch_size"],
+            learning_rate=params["pretrain_learning_rate"], temperature=params["temperature"],
             projection_dim=stage1.projection_dim, compile=params["compile"],
         )
         extractor.module.cpu()

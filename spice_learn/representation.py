@@ -33,7 +33,7 @@ from .pretrain import pretrain_simclr
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
            "COLOUR_INPUT_SIZE", "Stage1Plan", "resolve_backbone", "wants_pretraining",
-           "resolve_flip", "is_colour", "default_pretrain_epochs", "plan_representation",
+           "resolve_flip", "is_colour", "default_pretrain_epochs", "default_simclr_settings", "plan_representation",
            "estimate_seconds", "learn_representation"]
 
 #: ``backbone="auto"`` on CUDA: the small conv net for images up to this size, else a ResNet-18.
@@ -61,12 +61,31 @@ class Stage1Plan:
         saturation, gray level and polarity, so that colour stops telling images apart).
     pretrain_epochs : int
         SimCLR epochs (0: no pretraining).
+    batch_size, learning_rate, temperature
+        SimCLR settings (the given ones, or :func:`default_simclr_settings`).
     """
 
     backbone: str
     input_size: tuple
     colour: bool
     pretrain_epochs: int
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    temperature: float = 0.5
+
+
+def default_simclr_settings(colour):
+    """``pretrain_batch_size``, ``pretrain_learning_rate`` and ``temperature`` for "auto".
+
+    Grayscale images: batch 256, AdamW 1e-3, temperature 0.5 (SimCLR's CIFAR
+    setting). Colour images: batch 128, 4e-3, temperature 0.2: the colour
+    invariances take more steps to learn, and small batches give more steps per
+    epoch; a lower temperature sharpened the embedding of random-colour shapes
+    in our probes (kNN accuracy 0.44 against 0.39 at 0.5).
+    """
+    if colour:
+        return {"batch_size": 128, "learning_rate": 4e-3, "temperature": 0.2}
+    return {"batch_size": 256, "learning_rate": 1e-3, "temperature": 0.5}
 
 
 def resolve_backbone(backbone, image_size, device=None):
@@ -118,8 +137,10 @@ def default_pretrain_epochs(n_samples, device):
     return int(min(60, max(15, round(40 * math.sqrt(10_000 / max(n_samples, 1))))))
 
 
-def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device):
-    """The :class:`Stage1Plan` for ``images`` on ``device`` (nothing is built)."""
+def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
+                        batch_size=None, learning_rate=None, temperature=None):
+    """The :class:`Stage1Plan` for ``images`` on ``device`` (nothing is built); None
+    for ``pretrain_epochs`` and the SimCLR settings means "auto"."""
     image_size = tuple(int(s) for s in images.shape[-2:])
     colour = is_colour(images)
     if isinstance(backbone, FeatureExtractor):
@@ -133,7 +154,11 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device):
     if pretrain:
         epochs = (default_pretrain_epochs(images.shape[0], device) if pretrain_epochs is None
                   else int(pretrain_epochs))
-    return Stage1Plan(name, size, colour, epochs)
+    given = {"batch_size": batch_size, "learning_rate": learning_rate,
+             "temperature": temperature}
+    settings = {key: default if given[key] is None else given[key]
+                for key, default in default_simclr_settings(colour).items()}
+    return Stage1Plan(name, size, colour, epochs, **settings)
 
 
 def _working_size(name, colour, image_size):
@@ -193,10 +218,13 @@ def learn_representation(
         The resolved flip setting for the extractor's input size.
     """
     if plan is None:
-        plan = plan_representation(backbone, images, pretrain=pretrain,
-                                   pretrain_epochs=pretrain_params.get("max_epochs"),
-                                   device=device)
-    pretrain_params["max_epochs"] = plan.pretrain_epochs
+        plan = plan_representation(
+            backbone, images, pretrain=pretrain, device=device,
+            pretrain_epochs=pretrain_params.get("max_epochs"),
+            **{key: pretrain_params.get(key)
+               for key in ("batch_size", "learning_rate", "temperature")})
+    pretrain_params.update(max_epochs=plan.pretrain_epochs, batch_size=plan.batch_size,
+                           learning_rate=plan.learning_rate, temperature=plan.temperature)
     if isinstance(backbone, FeatureExtractor):
         extractor = copy.deepcopy(backbone)
     else:

@@ -471,3 +471,11 @@ def test_state_dict_without_num_batches_tracked(tmp_path, resnet18_state):
     torch.save(state, path)
     fe = build_backbone("resnet18", path, (100, 100))
     _assert_same_weights(fe.module, state)
+
+
+def test_input_size_override_for_a_fixed_size_model():
+    from spice_learn.backbones import build_backbone
+
+    ext = build_backbone("spice_convnet4", None, (32, 32), input_size=(24, 24))
+    assert ext.input_size == (24, 24)
+    assert build_backbone("spice_convnet4", None, (32, 32)).input_size == (16, 16)

@@ -71,3 +71,36 @@ def test_recipes_depend_on_size():
     assert not small.flip and small.padding_mode == "zeros" and small.grayscale_p == 0
     assert large.flip and large.crop_scale == (0.2, 1.0) and large.grayscale_p == 0.2
     assert not contrastive_augment((32, 32), flip=False).flip
+
+
+def test_hue_rotation_keeps_the_gray_level_and_changes_colour():
+    from spice_learn.batch_augment import _luma, _rotate_hue
+
+    x = torch.rand(6, 3, 5, 5)
+    turned = _rotate_hue(x, torch.full((6,), 2.0))
+    torch.testing.assert_close(_luma(turned), _luma(x), atol=1e-5, rtol=1e-5)
+    assert (turned - x).abs().mean() > 0.05
+    torch.testing.assert_close(_rotate_hue(x, torch.zeros(6)), x, atol=1e-5, rtol=1e-5)
+
+
+def test_inversion_probability():
+    x = torch.full((400, 3, 4, 4), 0.2)
+    aug = BatchAugment((4, 4), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                       brightness=0.0, contrast=0.0, saturation=0.0, jitter_p=0.0,
+                       grayscale_p=0.0, invert_p=0.5)
+    out = aug(x, torch.Generator().manual_seed(0))
+    inverted = (out.mean(dim=(1, 2, 3)) > 0.5).float().mean().item()
+    assert 0.4 < inverted < 0.6
+    none = BatchAugment((4, 4), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                        grayscale_p=0.0, jitter_p=0.0)(x, torch.Generator().manual_seed(0))
+    assert (none.mean(dim=(1, 2, 3)) < 0.5).all()
+
+
+def test_colour_recipe_changes_hue_and_polarity_but_grayscale_recipe_does_not():
+    from spice_learn.batch_augment import contrastive_augment
+
+    colour = contrastive_augment((16, 16), flip=True, colour=True)
+    assert colour.hue == 0.5 and colour.invert_p == 0.5 and colour.grayscale_p == 0.5
+    gray = contrastive_augment((16, 16), flip=True, colour=False)
+    assert gray.hue == 0 and gray.invert_p == 0 and gray.saturation == 0
+    assert contrastive_augment((16, 16)) == gray  # colour=None: by size, as before

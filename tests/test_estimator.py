@@ -1,5 +1,6 @@
 """Tests of the scikit-learn API of spice_learn.SpiceClustering (fast settings only)."""
 
+import warnings
 import copy
 import pickle
 
@@ -915,3 +916,19 @@ def test_compile_wraps_the_backbone_in_every_stage(monkeypatch):
 def test_compile_must_be_a_bool(bad):
     with pytest.raises(TypeError, match="compile must be True or False"):
         fast_images(compile=bad).fit(images())
+
+
+def test_empty_clusters_are_reported():
+    X = np.concatenate([np.zeros((30, 4)), np.ones((30, 4))]).astype(np.float32)
+    X += np.random.default_rng(0).normal(scale=0.01, size=X.shape).astype(np.float32)
+    X[:, 0] += 2.0  # two tight groups, far from the origin
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = fast_precomputed(semi=None, head_objective="spice").set_params(n_clusters=6).fit(X)
+    empty = 6 - len(np.unique(est.labels_))
+    messages = [str(w.message) for w in caught if "clusters are empty" in str(w.message)]
+    assert empty > 0  # the data hold two groups: six clusters cannot all be used
+    assert messages == [f"{empty} of the n_clusters=6 clusters are empty: no training sample "
+                        "is assigned to them. The data may hold fewer groups than asked for, "
+                        "or the embedding does not separate them; try head_objective='scan' "
+                        "(its entropy term keeps clusters in use) or fewer clusters."]

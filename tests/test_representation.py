@@ -1,0 +1,105 @@
+"""Tests of spice_learn.representation: the stage-1 plan for the data and the device."""
+
+import numpy as np
+import pytest
+import torch
+
+from spice_learn import SpiceClustering
+from spice_learn.representation import (
+    COLOUR_INPUT_SIZE,
+    GRAY_INPUT_SIZE,
+    default_pretrain_epochs,
+    default_simclr_settings,
+    estimate_seconds,
+    is_colour,
+    plan_representation,
+    resolve_backbone,
+)
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def gray_images(n=40, size=28):
+    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
+    return x.expand(n, 3, size, size).contiguous()
+
+
+def colour_images(n=40, size=32):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+
+
+def test_is_colour_reads_the_channels():
+    assert not is_colour(gray_images())
+    assert is_colour(colour_images())
+    nearly_gray = gray_images().to(torch.int16)
+    nearly_gray[:, 0] = (nearly_gray[:, 0] + 1).clamp(max=255)  # JPEG-like noise of one level
+    assert not is_colour(nearly_gray.to(torch.uint8))
+
+
+def test_auto_backbone_is_the_small_net_on_the_cpu_at_any_size():
+    for size in ((8, 8), (32, 32), (64, 64), (224, 224)):
+        assert resolve_backbone("auto", size, CPU) == "spice_convnet4"
+    assert resolve_backbone("auto", (32, 32), CUDA) == "resnet18"
+    assert resolve_backbone("auto", (28, 28), CUDA) == "spice_convnet4"
+    assert resolve_backbone("resnet34", (8, 8), CPU) == "resnet34"  # explicit wins
+
+
+def test_pretrain_epochs_follow_the_data_size_on_the_cpu():
+    assert default_pretrain_epochs(1797, CPU) == 60
+    assert default_pretrain_epochs(10_000, CPU) == 40
+    assert default_pretrain_epochs(70_000, CPU) == 15
+    assert default_pretrain_epochs(200, CPU) == 60
+    epochs = [default_pretrain_epochs(n, CPU) for n in (1000, 5000, 20_000, 100_000)]
+    assert epochs == sorted(epochs, reverse=True)
+    assert default_pretrain_epochs(70_000, CUDA) == 100  # GPU defaults stay
+
+
+def test_plan_resolves_size_colour_and_settings():
+    gray = plan_representation("auto", gray_images(size=28), pretrain=True,
+                               pretrain_epochs=None, device=CPU)
+    assert gray.backbone == "spice_convnet4" and not gray.colour
+    assert gray.input_size == (GRAY_INPUT_SIZE, GRAY_INPUT_SIZE)
+    assert (gray.batch_size, gray.learning_rate, gray.temperature) == (256, 1e-3, 0.5)
+    colour = plan_representation("auto", colour_images(size=64), pretrain=True,
+                                 pretrain_epochs=None, device=CPU)
+    assert colour.colour and colour.input_size == (COLOUR_INPUT_SIZE, COLOUR_INPUT_SIZE)
+    assert (colour.batch_size, colour.learning_rate, colour.temperature) == (
+        tuple(default_simclr_settings(True).values()))
+    explicit = plan_representation("auto", colour_images(), pretrain=True, pretrain_epochs=7,
+                                   device=CPU, batch_size=32, temperature=0.1)
+    assert explicit.pretrain_epochs == 7 and explicit.batch_size == 32
+    assert explicit.temperature == 0.1 and explicit.learning_rate == 4e-3
+    none = plan_representation("auto", gray_images(), pretrain=False, pretrain_epochs=None,
+                               device=CPU)
+    assert none.pretrain_epochs == 0
+
+
+def test_estimate_grows_with_images_epochs_and_pixels():
+    plan = plan_representation("auto", gray_images(), pretrain=True, pretrain_epochs=10,
+                               device=CPU)
+    one = estimate_seconds(plan, 1000, 7)
+    assert one > 0
+    assert estimate_seconds(plan, 2000, 7) == pytest.approx(2 * one)
+    resnet = plan_representation("resnet18", colour_images(), pretrain=True,
+                                 pretrain_epochs=10, device=CPU)
+    assert estimate_seconds(resnet, 1000, 7) is None  # no cost model
+
+
+def test_fit_exposes_and_prints_the_plan(capsys):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (40, 20, 20, 3), dtype=np.uint8)
+    model = SpiceClustering(2, pretrain_epochs=1, n_heads=2, semi=None, random_state=0,
+                            verbose=1).fit(X)
+    err = capsys.readouterr().err
+    assert "plan: spice_convnet4 at 16x16 px (colour images), 1 SimCLR epochs" in err
+    assert err.index("plan:") < err.index("pretraining (SimCLR)")  # before the long work
+    plan = model.plan_
+    assert plan["colour"] is True and plan["input_size"] == (16, 16)
+    assert plan["pretrain_epochs"] == 1 == len(model.pretrain_history_)
+    assert plan["temperature"] == 0.2 and plan["head_objective"] == "scan"
+    assert plan["estimated_seconds"] > 0
+    gray = np.repeat(X[..., :1], 3, axis=3)
+    model = SpiceClustering(2, pretrain_epochs=1, n_heads=2, semi=None, temperature=0.3,
+                            random_state=0).fit(gray)
+    assert model.plan_["colour"] is False and model.plan_["temperature"] == 0.3
+    assert model.plan_["pretrain_batch_size"] == 256
