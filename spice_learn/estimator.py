@@ -187,7 +187,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     entropy_weight : float or "auto", default="auto"
         Weight of an entropy term on the mean prediction that keeps clusters from
         emptying; "auto" is SCAN's 5 for "scan" heads, and for "spice" heads 0
-        below 50 clusters and 1 from 50 on. Lower it for strongly imbalanced data.
+        below 50 clusters and 1 from 50 on. With "scan" heads, lower it for
+        strongly imbalanced data: 5 pushes clusters towards equal sizes (on the
+        imbalanced USPS, one seed, the selected head scored 0.919 ACC with 5, 0.933
+        with 2 and 0.983 with 1; on digits 0.946, 0.948 and 0.950), but with 1
+        close clusters of small data sets can merge (fewer than ``k`` in use).
     n_weak_views, n_strong_views : int or "auto", default="auto"
         "auto": 4 weak and 16 strong views for up to 5,000 samples (cheap to
         embed; the SPICE-Semi head overfits fewer views: on sklearn digits 4/16

@@ -5,9 +5,7 @@ Shared by :class:`~spice_learn.SpiceClustering` and
 :class:`~spice_learn.ImageEmbedder`, so both choose, build and pretrain
 backbones the same way.
 
-The CPU plan (``backbone="auto"``, ``pretrain_epochs="auto"``)
----------------------------------------------------------------
-A CPU trains a small network on small inputs many times faster than a ResNet-18
+The CPU plan (``backbone="auto"``, ``pretrain_epochs="auto"``): a CPU trains a small network on small inputs many times faster than a ResNet-18
 on full-size images, and within minutes the number of contrastive steps matters
 more than the last bit of resolution. So on a CPU ``"auto"`` always picks the
 four-layer ``spice_convnet4`` and feeds it a working resolution of

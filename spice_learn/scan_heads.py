@@ -35,7 +35,10 @@ __all__ = ["SCAN_NEIGHBORS", "SCAN_ENTROPY_WEIGHT", "default_scan_epochs", "defa
 
 #: Neighbours per sample (SCAN's CIFAR setting), capped below the average cluster size.
 SCAN_NEIGHBORS = 20
-#: SCAN's entropy weight (its CIFAR-10/20 and STL-10 configurations).
+#: Entropy weight of ``entropy_weight="auto"``: SCAN's 5 (its CIFAR and STL-10
+#: configurations). It pushes clusters towards equal sizes; on the imbalanced USPS a
+#: weight of 1 did much better (selected head 0.983 vs 0.919 ACC, one seed), but on
+#: small data sets it let close clusters merge, so 1 is an option, not the default.
 SCAN_ENTROPY_WEIGHT = 5.0
 
 
