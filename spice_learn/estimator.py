@@ -194,9 +194,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         close clusters of small data sets can merge (fewer than ``k`` in use).
     n_weak_views, n_strong_views : int or "auto", default="auto"
         "auto": 4 weak and 16 strong views for up to 5,000 samples (cheap to
-        embed; the SPICE-Semi head overfits fewer views: on sklearn digits 4/16
-        views gave 0.955 mean ACC over 3 seeds against 0.942 with 2/4), else 2
-        and 4.
+        embed, and the SPICE-Semi head has more views to learn from; an earlier
+        single-machine comparison on digits favoured 4/16 over 2/4, but no script
+        in ``benchmarks/`` reproduces it yet), else 2 and 4.
         Augmented views cached per image. Each costs one backbone pass per image
         and ``D`` floats of memory per image (see ``cache_dtype``).
     flip : bool or "auto", default="auto"
