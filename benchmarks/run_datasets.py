@@ -114,7 +114,10 @@ def table(results):
         "for the others). The selected-head row comes from the same fits as the default "
         "row (before SPICE-Semi), so it has no time of its own. Defaults were chosen on the "
         "development sets; the held-out sets only report them. `load` is the 1-minute load "
-        "average before the fits (2 cores: about 2 means another job shared the machine).",
+        "average when each fit started; the fits ran one after another with nothing else on "
+        "the machine, so values of 1.4-1.7 are the previous fit fading out of the average (a "
+        "concurrent job on these 2 cores would keep it at 2 or more during the fit). UMAP's "
+        "seconds include numba's compilation in each fresh process.",
         "",
         "| data set | method | ACC mean | ACC worst | NMI mean | seconds | seeds | commit, load, plan |",
         "|---|---|---|---|---|---|---|---|",

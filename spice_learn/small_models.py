@@ -3,11 +3,12 @@
 ``timm.create_model("spice_convnet4", num_classes=0)`` (or ``backbone=
 "spice_convnet4"`` in :class:`~spice_learn.SpiceClustering`) builds a four-layer
 convolutional network (32-64-128-256 channels, BatchNorm, two max-pools, global
-average pooling, 256-d features) for 8-28 px images such as digits. On a 2-core
+average pooling, 256-d features) for small images such as digits, and the network
+``backbone="auto"`` trains on a CPU for any image size. On a 2-core
 CPU it pretrains several times faster than a ResNet-18 and, within a fixed time
-budget, learned better digit features in our feasibility study
-(``shared/reference/recipes.md`` section 6). Its preferred input is 16 px: images
-are resized to that size, whatever their own size.
+budget, learned better digit features in our feasibility study on sklearn's
+digits. Its preferred input is 16 px: images are resized to that size, whatever
+their own size (``build_backbone(..., input_size=...)`` sets another).
 
 The module is imported by ``spice_learn``, which registers the model.
 """
