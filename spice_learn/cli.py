@@ -38,8 +38,9 @@ def _demo(args):
     start = time.perf_counter()
     labels = model.fit_predict(X)
     seconds = time.perf_counter() - start
-    rows.append(("SPICE-Self (selected head)", clustering_scores(y, model.self_labels_), None))
-    rows.append(("SPICE (stage 1, Self, Semi)", clustering_scores(y, labels), seconds))
+    rows.append((f"selected head ({model.head_objective})",
+                 clustering_scores(y, model.self_labels_), None))
+    rows.append(("SpiceClustering (all stages)", clustering_scores(y, labels), seconds))
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as fit's "auto"
     embedding = embed_images(model.backbone_, as_images(X), batch_size=256,
@@ -55,8 +56,9 @@ def _demo(args):
         time_text = "" if seconds is None else f"{seconds:>9.1f}"
         print(f"{name:<32}{scores['acc']:>7.3f}{scores['nmi']:>7.3f}{scores['ari']:>7.3f}"
               f"{time_text}")
-    print(f"\nSPICE-Self picked head {model.best_head_} of {model.n_heads} by its label-free "
-          f"DS-CE loss {model.head_losses_[model.best_head_]:.4f}; "
+    loss = "SCAN" if model.head_objective == "scan" else "DS-CE"
+    print(f"\nThe heads' label-free {loss} loss picked head {model.best_head_} of "
+          f"{model.n_heads} ({model.head_losses_[model.best_head_]:.4f}); "
           f"{model.reliable_mask_.mean():.0%} of the images were reliable for SPICE-Semi.")
     return 0
 
@@ -176,7 +178,7 @@ def build_parser():
         "demo",
         help="cluster scikit-learn's bundled digits offline and compare with KMeans",
         description="Cluster scikit-learn's 1,797 bundled 8x8 digits with SpiceClustering's "
-        "default settings (self-supervised pretraining, then SPICE-Self) and compare with "
+        "default settings (self-supervised pretraining, cluster heads, SPICE-Semi) and compare with "
         "KMeans; prints ACC, NMI, ARI and wall time (labels are used only to score). Takes "
         "a few minutes on 2 CPU cores.",
     )
