@@ -61,6 +61,7 @@ from .scan_heads import (
 from .spice_semi import finetune, train_semi_head
 from .validation import (
     auto_int,
+    auto_real,
     check_compile,
     check_int,
     check_n_jobs,
@@ -879,10 +880,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         max_epochs = auto_int(self.max_epochs, "max_epochs", None, 1)  # None: set from N
         check_int(self.embed_batch_size, "embed_batch_size", 1)
         check_int(self.verbose, "verbose", 0)
-        if isinstance(self.learning_rate, str) and self.learning_rate == "auto":
-            learning_rate = HEAD_LEARNING_RATES[self.head_objective]
-        else:
-            learning_rate = check_real(self.learning_rate, "learning_rate", 0.0, None, "neither")
+        learning_rate = auto_real(self.learning_rate, "learning_rate",
+                                  HEAD_LEARNING_RATES[self.head_objective])
         check_real(self.confidence_ratio, "confidence_ratio", 0.0, 1.0, "right")
         k = self.n_clusters
         batch_size = auto_int(self.batch_size, "batch_size", default_batch_size(k), k)
@@ -920,8 +919,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             check_real(self.pretrain_time, "pretrain_time", 0.0, None, "neither")
         # None: "auto", resolved from the images (representation.default_simclr_settings)
         pretrain_batch_size = auto_int(self.pretrain_batch_size, "pretrain_batch_size", None, 2)
-        pretrain_lr = _auto_real(self.pretrain_learning_rate, "pretrain_learning_rate")
-        temperature = _auto_real(self.temperature, "temperature")
+        pretrain_lr = auto_real(self.pretrain_learning_rate, "pretrain_learning_rate", None)
+        temperature = auto_real(self.temperature, "temperature", None)
         check_int(self.projection_dim, "projection_dim", 1)
         pretrain = wants_pretraining(self.pretrain, backbone, self.weights)
         weights = self.weights
@@ -956,11 +955,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             check_real(self.semi_time, "semi_time", 0.0, None, "neither")
         check_int(self.semi_batch_size, "semi_batch_size", 1)
         check_int(self.semi_mu, "semi_mu", 1)
-        if isinstance(self.semi_learning_rate, str) and self.semi_learning_rate == "auto":
-            semi_lr = SEMI_LEARNING_RATES.get(self.semi)
-        else:
-            semi_lr = check_real(self.semi_learning_rate, "semi_learning_rate", 0.0, None,
-                                  "neither")
+        semi_lr = auto_real(self.semi_learning_rate, "semi_learning_rate",
+                            SEMI_LEARNING_RATES.get(self.semi))
         check_real(self.ema_decay, "ema_decay", 0.0, 1.0, "left")
         return {
             # None: "auto", resolved by _resolve_views once the number of samples is known
@@ -984,13 +980,6 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "cache_dtype": self.cache_dtype,
             "embed_batch_size": self.embed_batch_size,
         }
-
-
-def _auto_real(value, name):
-    """None for "auto", else ``value`` checked to be a positive finite real."""
-    if isinstance(value, str) and value == "auto":
-        return None
-    return check_real(value, name, 0.0, None, "neither")
 
 
 def _check_world_size(params, pretrain_batch_size, semi_batch_size):

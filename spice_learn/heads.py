@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MultiHeadClassifier"]
+__all__ = ["MultiHeadClassifier", "step_heads"]
 
 
 class MultiHeadClassifier(nn.Module):
@@ -82,3 +82,14 @@ class MultiHeadClassifier(nn.Module):
 def _uniform(shape, fan_in, generator):
     bound = 1.0 / math.sqrt(fan_in)
     return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+
+
+def step_heads(optimizer, losses):
+    """One optimizer step on per-head losses ``(H,)``; returns them detached.
+
+    Summing trains every head as if alone (see :class:`MultiHeadClassifier`).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    optimizer.step()
+    return losses.detach()

@@ -117,10 +117,7 @@ def is_colour(images, n_probe=512):
     """Whether ``images`` (uint8 ``(N, 3, H, W)`` or an ImageStream) have colour: some
     pixel of the first ``n_probe`` images has channels that differ by more than 2 levels
     (grayscale images read as RGB repeat one channel; JPEG noise stays below that)."""
-    probe = images[: min(n_probe, images.shape[0])]
-    if not isinstance(probe, torch.Tensor):  # an ImageStream slice: read it
-        probe = torch.stack([torch.as_tensor(probe[i]) for i in range(probe.shape[0])])
-    probe = probe.to(torch.int16)
+    probe = images[: min(n_probe, images.shape[0])].to(torch.int16)  # a stream decodes them
     spread = (probe.amax(dim=1) - probe.amin(dim=1)).float()
     return bool((spread > 2).float().mean() > 0.01)
 

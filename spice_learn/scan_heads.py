@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .heads import MultiHeadClassifier
+from .heads import MultiHeadClassifier, step_heads
 from .losses import negative_entropy_of_mean, neighbour_consistency
 from .spice_self import head_probabilities
 
@@ -115,10 +115,7 @@ def train_scan_heads(
             x = torch.cat([cache.weak[views[0], idx], cache.weak[views[1], nb]]).float()
             probs = heads(x).float().softmax(dim=2)  # one BatchNorm batch for both halves
             loss = _scan_loss(probs[:, :size], probs[:, size:], entropy_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            optimizer.step()
-            epoch_loss += loss.detach()
+            epoch_loss += step_heads(optimizer, loss)
             n_steps += 1
         history[epoch] = (epoch_loss / max(n_steps, 1)).cpu().numpy()
         if verbose > 0:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .embedding import autocast_dtype
-from .heads import MultiHeadClassifier
+from .heads import MultiHeadClassifier, step_heads
 from .losses import double_softmax_cross_entropy, negative_entropy_of_mean
 from .pseudo_labels import assign_pseudo_labels
 
@@ -117,10 +117,7 @@ def train_heads(
                 loss = double_softmax_cross_entropy(probs, labels[:, cols])
                 if entropy_weight:
                     loss = loss + entropy_weight * negative_entropy_of_mean(probs)
-                optimizer.zero_grad(set_to_none=True)
-                loss.sum().backward()
-                optimizer.step()
-                epoch_loss += loss.detach()
+                epoch_loss += step_heads(optimizer, loss)
                 n_updates += 1
         history[epoch] = (epoch_loss / max(n_updates, 1)).cpu().numpy()
         if verbose > 0:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_scalar
 
-__all__ = ["check_int", "check_real", "auto_int", "resolve_device", "usable_device",
+__all__ = ["check_int", "check_real", "auto_int", "auto_real", "resolve_device", "usable_device",
            "check_n_jobs", "torch_threads", "check_writable_dir", "check_compile"]
 
 
@@ -38,6 +38,13 @@ def auto_int(value, name, default, min_val):
             raise ValueError(f"{name} must be an int or 'auto'; got {value!r}.")
         return default
     return check_int(value, name, min_val)
+
+
+def auto_real(value, name, default):
+    """``default`` for "auto"; anything else must be a positive finite real."""
+    if isinstance(value, str) and value == "auto":
+        return default
+    return check_real(value, name, 0.0, None, "neither")
 
 
 def resolve_device(device):
