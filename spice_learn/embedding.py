@@ -11,12 +11,9 @@ and view in float32 and ``2 * D`` in float16 (a ResNet-18, D = 512: 2 KiB /
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
@@ -24,46 +21,16 @@ from tqdm.auto import tqdm
 from . import distributed
 from .disk_cache import hash_images
 from .image_stream import image_batches
-from .validation import torch_threads
+from .runtime import (  # noqa: F401  (isolated_rng: still importable from here)
+    autocast_dtype,
+    compiled,
+    derived_seed,
+    halve_after_oom,
+    isolated_rng,
+    torch_threads,
+)
 
-__all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "autocast_dtype",
-           "halve_after_oom", "isolated_rng", "check_same_images", "compiled",
-           "derived_seed"]
-
-
-@contextlib.contextmanager
-def isolated_rng(device, seed):
-    """Run the block with torch's global RNG (CPU, and ``device`` when it is CUDA)
-    seeded with ``seed``, and restore the caller's RNG state afterwards: random ops
-    inside a model (dropout, drop-path) are then reproducible and leave the user's
-    RNG untouched."""
-    cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device] if cuda else []):
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
-def autocast_dtype(device, *, bf16_only=False):
-    """Reduced precision used for backbone forward passes on ``device``, or None.
-
-    CUDA: bfloat16 where supported, else float16. CPU: bfloat16 when the processor
-    has native bfloat16 instructions (AVX512-BF16 or AMX), where it is about 3x
-    faster than float32 for a ResNet-18 at 32 px; float32 otherwise.
-    ``bf16_only=True`` (for training, where float16 would need loss scaling)
-    returns None instead of float16.
-    """
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None if bf16_only else torch.float16
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        if any(getattr(torch.cpu, name, lambda: False)() for name in checks):
-            return torch.bfloat16
-    return None
+__all__ = ["ViewCache", "embed_views", "embed_images", "cache_nbytes", "check_same_images"]
 
 
 @dataclass
@@ -118,7 +85,7 @@ def embed_views(
         Images per forward pass.
     device : torch.device
         Where the forward passes run; channels_last memory format and
-        :func:`autocast_dtype` mixed precision are used there.
+        :func:`~spice_learn.runtime.autocast_dtype` mixed precision are used there.
     dtype : torch.dtype
         Storage type of the result (float32 or float16).
     seed : int
@@ -133,7 +100,8 @@ def embed_views(
         one view at a time in one process, one whole view at a time, after the
         gather, under torchrun; default: a new CPU tensor.
     compile : bool
-        Run the module through :func:`torch.compile` (see :func:`compiled`).
+        Run the module through :func:`torch.compile` (see
+        :func:`~spice_learn.runtime.compiled`).
 
     Under torchrun each process embeds a contiguous share of whole blocks
     (:func:`~spice_learn.distributed.shard_range`) and the shares are gathered:
@@ -208,12 +176,6 @@ def _block_seed(seed, block):
     return seed if block == 0 else derived_seed(seed, block)
 
 
-def derived_seed(seed, key):
-    """A seed for a stream of random numbers of its own, derived from ``seed`` and the
-    int ``key`` (numpy's SeedSequence: seeds apart for every key); below 2**63."""
-    return int(np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0] >> 1)
-
-
 class _Forward:
     """L2-normalised features of a batch of uint8 images, on the CPU; halves its
     batch on a CUDA out-of-memory error and goes on (with a warning)."""
@@ -268,19 +230,9 @@ def _unit_rows(feats):
     return torch.div(feats, norms.clamp_min_(1e-12))
 
 
-def halve_after_oom(batch_size, device, what):
-    """Free cached GPU memory and return half of ``batch_size`` (at least 1), with a warning."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    new = max(1, batch_size // 2)
-    warnings.warn(f"CUDA out of memory in {what}; continuing with batches of {new} instead "
-                  f"of {batch_size}.", RuntimeWarning, stacklevel=3)
-    return new
-
-
 def _per_image(transform, batch):
     """Apply ``transform`` to each image (tiny kernels: one thread, see
-    :func:`~spice_learn.validation.torch_threads`)."""
+    :func:`~spice_learn.runtime.torch_threads`)."""
     with torch_threads(1):
         return torch.stack([transform(image) for image in batch])
 
@@ -292,16 +244,3 @@ def embed_images(extractor, images, *, batch_size, device, verbose=0, compile=Fa
         compile=compile,
     )[0]
 
-
-def compiled(module, enabled):
-    """``torch.compile(module)`` when ``enabled``, else ``module`` itself. The compiled
-    wrapper runs the same module and shares its parameters (the wrapper's own state
-    dict prefixes the keys with ``_orig_mod.``; only the module's is ever saved).
-    Under torchrun the module is returned as it is, with a warning: compiling the
-    DistributedDataParallel wrapper with the global-batch BatchNorm has not been
-    tested."""
-    if enabled and distributed.is_distributed():
-        warnings.warn("compile=True is ignored under torchrun (not tested there yet); "
-                      "running eagerly.", UserWarning, stacklevel=3)
-        return module
-    return torch.compile(module) if enabled else module

@@ -25,14 +25,7 @@ from . import distributed
 from .augment import feature_views, strong_transform, weak_transform
 from .backbones import FeatureExtractor, check_model_name
 from .disk_cache import DiskArray, atomic_path, fingerprint
-from .embedding import (
-    ViewCache,
-    autocast_dtype,
-    cache_nbytes,
-    check_same_images,
-    embed_images,
-    embed_views,
-)
+from .embedding import ViewCache, cache_nbytes, check_same_images, embed_images, embed_views
 from .image_input import as_features, as_images
 from .neighbors import nearest_neighbors, reliability_scores
 from .pseudo_labels import cluster_prototypes, n_confident
@@ -68,9 +61,8 @@ from .validation import (
     check_real,
     check_writable_dir,
     resolve_device,
-    torch_threads,
-    usable_device,
 )
+from .runtime import autocast_dtype, torch_threads, usable_device
 
 __all__ = ["SpiceClustering"]
 

@@ -15,7 +15,8 @@ from . import distributed
 from .embedding import embed_images
 from .image_input import as_images
 from .representation import learn_representation
-from .validation import check_compile, check_int, usable_device
+from .runtime import usable_device
+from .validation import check_compile, check_int
 
 __all__ = ["ImageEmbedder"]
 

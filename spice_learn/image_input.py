@@ -29,44 +29,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sklearn.utils import check_array
 
-__all__ = ["IMAGE_EXTENSIONS", "as_images", "as_features", "list_image_files", "read_image_files"]
-
-#: File extensions treated as images when a directory is given.
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+from .image_decode import (
+    IMAGE_EXTENSIONS,
+    from_array,
+    list_image_files,
+    open_image,
+    tensor_to_numpy,
 )
+from .image_stream import ImageStream
 
-
-def list_image_files(directory, *, name="X"):
-    """Sorted list of image files under ``directory`` (recursive).
-
-    Parameters
-    ----------
-    directory : str or os.PathLike
-        Folder to search.
-    name : str
-        The parameter the folder came from, named in error messages.
-
-    Returns
-    -------
-    files : list of pathlib.Path
-        Files whose extension (case-insensitive) is in :data:`IMAGE_EXTENSIONS`.
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise ValueError(f"{name}={str(directory)!r} is not a directory.")
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not files:
-        raise ValueError(
-            f"{name}={str(directory)!r} contains no image files "
-            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
-        )
-    return files
+__all__ = ["IMAGE_EXTENSIONS", "as_images", "as_features", "list_image_files", "read_image_files"]
 
 
 def as_images(X):
@@ -92,8 +67,6 @@ def as_images(X):
         For empty input, a wrong number of dimensions or channels, NaN/inf or
         out-of-range values, or an unreadable file (the message names the file).
     """
-    from .image_stream import ImageStream  # it builds on this module
-
     if isinstance(X, ImageStream):
         return X  # read-only: decoded batch by batch where it is used
     if isinstance(X, torch.utils.data.Dataset):
@@ -101,7 +74,7 @@ def as_images(X):
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)
         if path.is_dir():
-            return _from_pil_list([_open_image(p) for p in list_image_files(path)])
+            return _from_pil_list([open_image(p) for p in list_image_files(path)])
         raise ValueError(
             f"X={str(X)!r} is not a directory; pass a directory of images or a list "
             "of image file paths."
@@ -109,9 +82,9 @@ def as_images(X):
     if isinstance(X, (list, tuple)):
         return _from_sequence(X)
     if isinstance(X, torch.Tensor):
-        return _from_array(_tensor_to_numpy(X), prefer_channels_first=True)
+        return from_array(tensor_to_numpy(X), prefer_channels_first=True)
     if isinstance(X, np.ndarray):
-        return _from_array(X, prefer_channels_first=False)
+        return from_array(X, prefer_channels_first=False)
     raise TypeError(
         "X must be a numpy array, a torch tensor, a list of PIL images, a list of "
         f"image file paths or a directory; got {type(X).__name__}."
@@ -130,18 +103,11 @@ def as_features(X):
     features : ndarray of shape (n_samples, n_features), dtype float32
     """
     if isinstance(X, torch.Tensor):
-        X = _tensor_to_numpy(X)
+        X = tensor_to_numpy(X)
     kind = getattr(np.asarray(X) if isinstance(X, (list, tuple)) else X, "dtype", None)
     if kind is not None and np.dtype(kind).kind in "USO" and np.dtype(kind) != object:
         raise TypeError(f"X must hold numbers; got an array of dtype {np.dtype(kind)}.")
     return check_array(X, dtype=np.float32, ensure_min_samples=1, copy=True, input_name="X")
-
-
-def _tensor_to_numpy(tensor):
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-        tensor = tensor.float()
-    return tensor.numpy()
 
 
 def _from_sequence(items):
@@ -150,7 +116,7 @@ def _from_sequence(items):
     if all(isinstance(item, Image.Image) for item in items):
         return _from_pil_list([item for item in items])
     if all(isinstance(item, (str, os.PathLike)) for item in items):
-        return _from_pil_list([_open_image(Path(item)) for item in items])
+        return _from_pil_list([open_image(Path(item)) for item in items])
     kinds = sorted({type(item).__name__ for item in items})
     raise TypeError(
         "A list X must hold only PIL images or only file paths; got elements of "
@@ -177,22 +143,11 @@ def read_image_files(paths):
     images, readable, failures = [], [], []
     for path in paths:
         try:
-            images.append(_open_image(Path(path)))
+            images.append(open_image(Path(path)))
             readable.append(str(path))
         except ValueError as exc:
             failures.append((str(path), str(exc)))
     return images, readable, failures
-
-
-def _open_image(path):
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise ValueError(f"Image file not found: {str(path)!r}.") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
-        raise ValueError(f"Cannot read image file {str(path)!r}: {exc}") from None
 
 
 def _from_pil_list(images):
@@ -207,69 +162,3 @@ def _from_pil_list(images):
         arrays.append(np.asarray(img, dtype=np.uint8))
     stacked = np.stack(arrays)  # (N, H, W, 3)
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
-
-
-def _from_array(arr, *, prefer_channels_first):
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
-    ):
-        raise TypeError(f"X must hold numbers; got an array of dtype {arr.dtype}.")
-    if np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype == np.bool_:
-        raise TypeError(f"X must hold real numbers; got dtype {arr.dtype}.")
-    if arr.ndim not in (3, 4):
-        hint = " For 2-D feature matrices use backbone='precomputed'." if arr.ndim == 2 else ""
-        raise ValueError(
-            "Image arrays must be 3-D (N, H, W) or 4-D (N, H, W, C) / (N, C, H, W); "
-            f"got an array with ndim={arr.ndim} and shape {arr.shape}.{hint}"
-        )
-    if arr.shape[0] == 0:
-        raise ValueError(f"X is empty: got an array of shape {arr.shape}.")
-    if arr.ndim == 3:
-        arr = arr[:, None, :, :]
-    else:
-        arr = _to_channels_first(arr, prefer_channels_first)
-    if arr.shape[2] == 0 or arr.shape[3] == 0:
-        raise ValueError(f"Images must have a positive height and width; got shape {arr.shape}.")
-    arr = _to_uint8(arr)
-    if arr.shape[1] == 1:
-        arr = np.repeat(arr, 3, axis=1)
-    elif arr.shape[1] == 4:
-        arr = arr[:, :3]
-    # A fresh, contiguous array: never share memory with the caller's input.
-    return torch.from_numpy(np.array(arr, dtype=np.uint8, order="C", copy=True))
-
-
-def _to_channels_first(arr, prefer_channels_first):
-    channels = (1, 3, 4)
-    first, last = arr.shape[1] in channels, arr.shape[3] in channels
-    if first and (prefer_channels_first or not last):
-        return arr
-    if last:
-        return arr.transpose(0, 3, 1, 2)
-    raise ValueError(
-        "Cannot find the channel axis of X: a 4-D image array needs 1, 3 or 4 channels "
-        f"in axis 1 (N, C, H, W) or axis 3 (N, H, W, C); got shape {arr.shape}."
-    )
-
-
-def _to_uint8(arr):
-    if arr.dtype == np.uint8:
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ValueError("X contains NaN or infinity.")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 255.0:
-            raise ValueError(
-                "Float images must have values in [0, 1] or [0, 255]; got values in "
-                f"[{lo:.4g}, {hi:.4g}]. Pass unnormalised images (the backbone's own "
-                "normalisation is applied internally)."
-            )
-        scale = 255.0 if hi <= 1.0 else 1.0
-        return np.clip(np.rint(arr.astype(np.float32) * scale), 0, 255).astype(np.uint8)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi > 255:
-        raise ValueError(
-            f"Integer images must have values in [0, 255]; got values in [{lo}, {hi}]."
-        )
-    return arr.astype(np.uint8)

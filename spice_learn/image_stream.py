@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .image_input import _from_array, _open_image, _tensor_to_numpy, list_image_files
+from .image_decode import from_array, list_image_files, open_image, tensor_to_numpy
 
 __all__ = ["ImageStream", "image_batches"]
 
@@ -236,7 +236,7 @@ class ImageStream:
 
     def _decode(self, i):
         if self._paths is not None:
-            return _pil_to_tensor(_open_image(Path(os.fsdecode(self._paths[i]))))
+            return _pil_to_tensor(open_image(Path(os.fsdecode(self._paths[i]))))
         item = self.source[i]
         if isinstance(item, (tuple, list)) and item:
             item = item[0]  # (image, target): the target is never used
@@ -244,9 +244,9 @@ class ImageStream:
         if isinstance(item, Image.Image):
             return _pil_to_tensor(item.convert("RGB"))
         if isinstance(item, (str, os.PathLike)):
-            return _pil_to_tensor(_open_image(Path(item)))
+            return _pil_to_tensor(open_image(Path(item)))
         if isinstance(item, torch.Tensor):
-            array, channels_first = _tensor_to_numpy(item), True
+            array, channels_first = tensor_to_numpy(item), True
         elif isinstance(item, np.ndarray):
             array, channels_first = item, False
         else:
@@ -256,7 +256,7 @@ class ImageStream:
             raise ValueError(f"{where} has shape {array.shape}; an image must be (H, W), "
                              "(H, W, C) or (C, H, W).")
         try:
-            return _from_array(array[None], prefer_channels_first=channels_first)[0]
+            return from_array(array[None], prefer_channels_first=channels_first)[0]
         except (TypeError, ValueError) as error:
             raise type(error)(f"{where}: {error}") from None
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
@@ -34,37 +33,17 @@ from . import distributed
 from .batch_augment import contrastive_augment
 from .disk_cache import atomic_path
 from .disk_cache import fingerprint as run_fingerprint
-from .embedding import autocast_dtype, compiled, halve_after_oom, isolated_rng
 from .image_stream import image_batches
+from .losses import nt_xent_loss
+from .runtime import autocast_dtype, compiled, halve_after_oom, isolated_rng
 
-__all__ = ["nt_xent_loss", "ProjectionHead", "pretrain_simclr"]
-
-
-def nt_xent_loss(z1, z2, temperature):
-    """NT-Xent (normalised temperature-scaled cross-entropy) of SimCLR.
-
-    Parameters
-    ----------
-    z1, z2 : torch.Tensor of shape (B, P)
-        Projections of the two views; row ``i`` of both comes from image ``i``.
-    temperature : float
-
-    Returns
-    -------
-    loss : torch.Tensor (scalar)
-        Mean over the ``2B`` views of ``-log softmax(sim / t)[positive]``, where
-        ``sim`` is the cosine similarity to the other ``2B - 1`` views.
-    """
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    n = z1.shape[0]
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
+__all__ = ["ProjectionHead", "pretrain_simclr"]
 
 
 def contrastive_loss(net, views, temperature):
-    """NT-Xent of the global batch, from this process's rows of the two views.
+    """NT-Xent (:func:`~spice_learn.losses.nt_xent_loss`) of the global batch, from
+    this process's rows of the two views: the network pass and the gathering;
+    the loss itself is in :mod:`spice_learn.losses`.
 
     Parameters
     ----------

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .heads import MultiHeadClassifier, step_heads
-from .losses import negative_entropy_of_mean, neighbour_consistency
+from .losses import entropy_regularised, neighbour_consistency
 from .spice_self import head_probabilities
 
 __all__ = ["SCAN_NEIGHBORS", "SCAN_ENTROPY_WEIGHT", "default_scan_epochs", "default_scan_minibatch_size",
@@ -52,13 +52,6 @@ def default_scan_minibatch_size(n_samples):
     """``minibatch_size="auto"`` for SCAN heads: ``N // 8`` clipped to 16-256, so that
     small data sets still get at least 8 steps an epoch."""
     return int(min(256, max(16, n_samples // 8)))
-
-
-def _scan_loss(probs, neighbour_probs, entropy_weight):
-    loss = neighbour_consistency(probs, neighbour_probs)
-    if entropy_weight:
-        loss = loss + entropy_weight * negative_entropy_of_mean(probs)
-    return loss
 
 
 def train_scan_heads(
@@ -114,7 +107,8 @@ def train_scan_heads(
             views = torch.randint(n_weak, (2, size), generator=gen).to(device)
             x = torch.cat([cache.weak[views[0], idx], cache.weak[views[1], nb]]).float()
             probs = heads(x).float().softmax(dim=2)  # one BatchNorm batch for both halves
-            loss = _scan_loss(probs[:, :size], probs[:, size:], entropy_weight)
+            loss = entropy_regularised(neighbour_consistency(probs[:, :size], probs[:, size:]),
+                                       probs[:, :size], entropy_weight)
             epoch_loss += step_heads(optimizer, loss)
             n_steps += 1
         history[epoch] = (epoch_loss / max(n_steps, 1)).cpu().numpy()
@@ -135,7 +129,4 @@ def scan_selection_losses(heads, cache, neighbors, *, entropy_weight):
     total = torch.zeros(probs.shape[0], device=probs.device)
     for j in range(neighbors.shape[1]):
         total += neighbour_consistency(probs, probs[:, neighbors[:, j]])
-    loss = total / neighbors.shape[1]
-    if entropy_weight:
-        loss = loss + entropy_weight * negative_entropy_of_mean(probs)
-    return loss.cpu().numpy()
+    return entropy_regularised(total / neighbors.shape[1], probs, entropy_weight).cpu().numpy()

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .embedding import autocast_dtype
 from .heads import MultiHeadClassifier, step_heads
-from .losses import double_softmax_cross_entropy, negative_entropy_of_mean
+from .losses import double_softmax_cross_entropy, entropy_regularised
 from .pseudo_labels import assign_pseudo_labels
+from .runtime import autocast_dtype
 
 __all__ = [
     "default_batch_size",
@@ -114,9 +114,8 @@ def train_heads(
                 with _autocast(device, amp):
                     logits = heads(x)
                 probs = logits.float().softmax(dim=2)
-                loss = double_softmax_cross_entropy(probs, labels[:, cols])
-                if entropy_weight:
-                    loss = loss + entropy_weight * negative_entropy_of_mean(probs)
+                loss = entropy_regularised(double_softmax_cross_entropy(probs, labels[:, cols]),
+                                           probs, entropy_weight)
                 epoch_loss += step_heads(optimizer, loss)
                 n_updates += 1
         history[epoch] = (epoch_loss / max(n_updates, 1)).cpu().numpy()

@@ -36,36 +36,12 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batch_augment import contrastive_augment, weak_augment
-from .embedding import autocast_dtype, compiled, derived_seed, isolated_rng
 from .heads import MultiHeadClassifier
 from .image_stream import image_batches
+from .losses import fixmatch_loss, semi_loss  # noqa: F401  (fixmatch_loss: re-exported)
+from .runtime import autocast_dtype, compiled, derived_seed, isolated_rng
 
-__all__ = ["fixmatch_loss", "train_semi_head", "finetune"]
-
-
-def fixmatch_loss(logits_weak, logits_strong, threshold):
-    """Unlabelled term of Eq. 6.
-
-    Parameters
-    ----------
-    logits_weak, logits_strong : torch.Tensor of shape (B, k)
-        Predictions on a weak and a strong view of the same samples.
-    threshold : float
-        ``tau``: a sample counts only when its weak-view confidence is at least this.
-
-    Returns
-    -------
-    loss : torch.Tensor (scalar)
-        ``mean_i(mask_i * CE(argmax q_i, logits_strong_i))`` over all ``B``
-        samples (masked samples count as zeros, as in FixMatch).
-    mask : torch.Tensor of shape (B,), bool
-        Which samples passed the threshold.
-    """
-    with torch.no_grad():
-        confidence, target = logits_weak.float().softmax(dim=1).max(dim=1)
-        mask = confidence >= threshold
-    ce = F.cross_entropy(logits_strong.float(), target, reduction="none")
-    return (ce * mask).mean(), mask
+__all__ = ["train_semi_head", "finetune"]
 
 
 def _step(optimizer, logits, labelled_targets, threshold, shares=None):
@@ -78,10 +54,7 @@ def _step(optimizer, logits, labelled_targets, threshold, shares=None):
     by them so that the gradient DistributedDataParallel averages over the
     processes is the gradient of the global batch's loss; the returned
     statistics are those of the global batch."""
-    n_labelled = len(labelled_targets)
-    sup = F.cross_entropy(logits[:n_labelled], labelled_targets)
-    weak_u, strong_u = logits[n_labelled:].chunk(2)
-    unsup, mask = fixmatch_loss(weak_u, strong_u, threshold)
+    sup, unsup, mask = semi_loss(logits, labelled_targets, threshold)
     optimizer.zero_grad(set_to_none=True)
     w_sup, w_unsup = shares or (1.0, 1.0)  # x * 1.0 == x: one process is unchanged
     (sup * w_sup + unsup * w_unsup).backward()
@@ -181,7 +154,7 @@ def train_semi_head(
     mu : int
         Unlabelled samples per reliable one.
     threshold : float
-        ``tau`` of :func:`fixmatch_loss`.
+        ``tau`` of :func:`~spice_learn.losses.fixmatch_loss`.
     learning_rate : float
         Adam learning rate.
     seed : int

@@ -1,8 +1,10 @@
-"""Parameter checks shared by the estimators: clear errors that name the parameter."""
+"""Parameter checks shared by the estimators: clear errors that name the parameter.
+
+What the checked values then do (the device a fitted model runs on, the thread
+count of a block) is :mod:`spice_learn.runtime`'s business."""
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import os
 
@@ -10,8 +12,8 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_scalar
 
-__all__ = ["check_int", "check_real", "auto_int", "auto_real", "resolve_device", "usable_device",
-           "check_n_jobs", "torch_threads", "check_writable_dir", "check_compile"]
+__all__ = ["check_int", "check_real", "auto_int", "auto_real", "resolve_device", "check_n_jobs",
+           "check_writable_dir", "check_compile"]
 
 
 def check_int(value, name, min_val):
@@ -63,15 +65,6 @@ def resolve_device(device):
     return resolved
 
 
-def usable_device(device):
-    """The device to run ``predict``/``transform`` on: ``device`` when it exists
-    here, else the CPU (a model fitted with ``device="cuda"`` on a machine without CUDA)."""
-    try:
-        return resolve_device(device)
-    except ValueError:
-        return torch.device("cpu")
-
-
 def check_n_jobs(n_jobs):
     """``n_jobs``: None (torch's current setting), a positive int, or -1 (all CPU cores)."""
     if n_jobs is None:
@@ -81,30 +74,6 @@ def check_n_jobs(n_jobs):
     if n_jobs == 0:
         raise ValueError("n_jobs must be None, -1 or a positive int; got 0.")
     return int(n_jobs)
-
-
-@contextlib.contextmanager
-def torch_threads(n_threads):
-    """Run the block with ``n_threads`` torch intra-op threads (None: unchanged), and
-    restore the process-wide setting afterwards.
-
-    ``n_jobs`` of the estimators, and one thread for small memory-bound CPU ops
-    (``torch_threads(1)``): such an op gains little from a second thread and, on
-    a busy machine, waits for it: on 2 shared cores a bfloat16-to-float32 copy
-    of 256 x 256 values took 3-5 ms with 2 threads and 6 us with one; a weak
-    view of 256 images 8 ms and 0.1 ms. Embedding of ``spice_convnet4`` ran at
-    0.75 of the bare forward speed before its pre- and post-processing used
-    one thread.
-    """
-    if n_threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_writable_dir(path, name):

@@ -1,11 +1,20 @@
-"""Tests of spice_learn.losses."""
+"""Tests of spice_learn.losses (the losses of all three stages)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from spice_learn.losses import double_softmax_cross_entropy, negative_entropy_of_mean
+from spice_learn.losses import (
+    double_softmax_cross_entropy,
+    entropy_regularised,
+    fixmatch_loss,
+    negative_entropy_of_mean,
+    nt_xent_loss,
+    semi_loss,
+)
 
 
 def _ds_ce_by_hand(p, label):
@@ -101,3 +110,86 @@ def test_negative_entropy_lies_between_bounds():
     value = negative_entropy_of_mean(probs)
     assert torch.all(value >= -math.log(k) - 1e-6)
     assert torch.all(value <= 1e-6)
+
+
+def test_entropy_regularised_adds_the_weighted_term_only_when_weighted():
+    probs = torch.rand(3, 10, 4, generator=torch.Generator().manual_seed(0)).softmax(dim=2)
+    loss = torch.tensor([1.0, 2.0, 3.0])
+    assert entropy_regularised(loss, probs, 0.0) is loss
+    torch.testing.assert_close(entropy_regularised(loss, probs, 2.0),
+                               loss + 2.0 * negative_entropy_of_mean(probs))
+
+
+# --------------------------------------------------------------------------- stage 1: NT-Xent
+
+
+def test_nt_xent_matches_hand_computation_identical_views():
+    # Views a, b and their copies a', b' (unit vectors, t = 1). For a: similarity 1 to
+    # its positive a', 0 to b and b' -> loss = -log(e / (e + 2)) = log(2 + e) - 1.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = nt_xent_loss(z, z.clone(), temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(2 + math.e) - 1, abs=1e-6)
+
+
+def test_nt_xent_matches_hand_computation_swapped_views():
+    # Positives orthogonal (similarity 0), one negative aligned (similarity 1):
+    # -log(1 / (1 + 1 + e)) = log(2 + e).
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert nt_xent_loss(z1, z2, 1.0).item() == pytest.approx(math.log(2 + math.e), abs=1e-6)
+
+
+def test_nt_xent_temperature_and_scale_invariance():
+    z1 = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+    z2 = torch.tensor([[0.0, 5.0], [1.0, 0.0]])
+    # Projections are L2-normalised inside; t = 0.5 doubles every similarity.
+    expected = math.log(2 + math.exp(2.0))
+    assert nt_xent_loss(z1, z2, 0.5).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_nt_xent_single_pair_is_zero():
+    z = torch.tensor([[0.3, -1.2, 0.5]])
+    assert nt_xent_loss(z, z * 2, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- stage 3: Eq. 6
+
+
+def test_fixmatch_loss_masks_low_confidence_samples():
+    weak = torch.tensor([[10.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    strong = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    loss, mask = fixmatch_loss(weak, strong, threshold=0.95)
+    np.testing.assert_array_equal(mask.numpy(), [True, False, True])
+    ce = F.cross_entropy(strong, torch.tensor([0, 0, 2]), reduction="none")
+    expected = (ce[0] + ce[2]) / 3  # masked samples count as zeros in the mean
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.all(strong.grad[1] == 0)  # the low-confidence row gets no gradient
+    assert torch.all(strong.grad[0] != 0) and torch.all(strong.grad[2] != 0)
+
+
+def test_fixmatch_loss_gives_no_gradient_to_the_weak_view():
+    weak = torch.tensor([[10.0, 0.0], [0.0, 10.0]], requires_grad=True)
+    strong = torch.zeros(2, 2, requires_grad=True)
+    loss, _ = fixmatch_loss(weak, strong, threshold=0.5)
+    loss.backward()
+    assert weak.grad is None
+    torch.testing.assert_close(loss, torch.tensor(np.log(2.0), dtype=torch.float32))
+
+
+def test_fixmatch_loss_is_zero_when_nothing_is_confident():
+    weak = torch.zeros(4, 5)  # uniform: confidence 0.2
+    loss, mask = fixmatch_loss(weak, torch.randn(4, 5), threshold=0.95)
+    assert not mask.any() and loss.item() == 0.0
+
+
+def test_semi_loss_splits_labelled_weak_and_strong_rows():
+    gen = torch.Generator().manual_seed(0)
+    labelled, weak, strong = (torch.randn(n, 3, generator=gen) for n in (2, 4, 4))
+    weak[0, 1] = 20.0  # one confident unlabelled sample
+    targets = torch.tensor([2, 0])
+    sup, unsup, mask = semi_loss(torch.cat([labelled, weak, strong]), targets, 0.95)
+    torch.testing.assert_close(sup, F.cross_entropy(labelled, targets))
+    expected, expected_mask = fixmatch_loss(weak, strong, 0.95)
+    torch.testing.assert_close(unsup, expected)
+    assert torch.equal(mask, expected_mask) and mask.tolist() == [True, False, False, False]
