@@ -31,9 +31,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["launched_with_torchrun", "setup", "is_distributed", "world_size", "rank", "is_main_process",
-           "shard_range", "all_gather_rows", "gather_with_grad", "broadcast_module",
-           "broadcast_object", "all_gather_object", "synced_batchnorm", "wrap_ddp"]
+__all__ = ["launched_with_torchrun", "setup", "rank_device", "is_distributed", "world_size",
+           "rank", "is_main_process", "shard_range", "all_gather_rows", "gather_with_grad",
+           "broadcast_module", "broadcast_object", "all_gather_object", "synced_batchnorm",
+           "wrap_ddp"]
 
 #: Exactly these classes get synchronised statistics (subclasses such as timm's
 #: ``BatchNormAct2d`` have their own ``forward`` and keep per-process statistics).
@@ -50,8 +51,8 @@ def setup(device):
 
     Initialises the default process group when the environment describes a
     launch with more than one process and no group exists yet: NCCL for CUDA
-    devices, gloo for the CPU. A CUDA device without an index becomes
-    ``cuda:LOCAL_RANK`` (one GPU per process). Outside such a launch ``device``
+    devices, gloo for the CPU. A CUDA device becomes ``cuda:LOCAL_RANK`` (one
+    GPU per process, see :func:`rank_device`). Outside such a launch ``device``
     is returned unchanged.
 
     Parameters
@@ -63,13 +64,41 @@ def setup(device):
     -------
     device : torch.device
     """
-    if device.type == "cuda" and device.index is None and launched_with_torchrun():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda" and launched_with_torchrun():
-        torch.cuda.set_device(device)
+    if launched_with_torchrun():
+        device = rank_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
     if launched_with_torchrun() and dist.is_available() and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def rank_device(device, local_rank):
+    """The device of the torchrun process with local rank ``local_rank``.
+
+    Every process of a launch resolves the same ``device`` parameter; kept as
+    it is, ``device="cuda:0"`` would put all processes on GPU 0. A CUDA device
+    therefore becomes ``cuda:<local_rank>`` (one GPU per process, as torchrun
+    intends), with a warning when the user named another index. A CPU device
+    is returned unchanged.
+
+    Parameters
+    ----------
+    device : torch.device
+    local_rank : int
+        This process's ``LOCAL_RANK`` (its index among the processes of its machine).
+
+    Returns
+    -------
+    device : torch.device
+    """
+    if device.type != "cuda":
+        return device
+    if device.index is not None and device.index != local_rank:
+        warnings.warn(f"device={str(device)!r} is replaced by 'cuda:{local_rank}' in the "
+                      f"torchrun process of local rank {local_rank}: each process uses the "
+                      "GPU of its local rank.", UserWarning, stacklevel=3)
+    return torch.device("cuda", local_rank)
 
 
 def is_distributed():
@@ -224,32 +253,77 @@ def _global_batch_norm(bn, x):
 
 
 @contextlib.contextmanager
-def synced_batchnorm(module):
+def synced_batchnorm(module, device):
     """Within the block, ``module``'s BatchNorm layers normalise training batches
     with the statistics of the global batch (all ranks together).
 
-    The layers keep their parameters and buffers (only their ``forward`` is
-    replaced while the block runs), so the module needs no conversion back.
-    Unlike :class:`torch.nn.SyncBatchNorm`, which needs GPU tensors, this works
-    with gloo on the CPU too, so one implementation serves both and the CPU test
-    covers it. Subclasses of the BatchNorm classes (timm's ``BatchNormAct2d``)
-    keep per-process statistics, with a warning. Without a process group the
-    block runs unchanged.
+    On CUDA the layers are :class:`torch.nn.SyncBatchNorm` for the duration of
+    the block (made by :meth:`~torch.nn.SyncBatchNorm.convert_sync_batchnorm`,
+    sharing the layers' parameters and buffers) and the original layers are put
+    back afterwards. :class:`torch.nn.SyncBatchNorm` refuses CPU tensors, so on
+    the CPU (gloo) each layer's ``forward`` is replaced instead, by
+    :func:`_global_batch_norm`, which computes the same statistics with two
+    all-reduces: this CPU-only fallback is what the gloo tests run.
+
+    Convert first, then wrap: pass the bare module, and give the module the
+    block yields to :func:`wrap_ddp` inside the block (DistributedDataParallel
+    expects SyncBatchNorm layers to exist when it wraps a module).
+
+    Subclasses of the BatchNorm classes (timm's ``BatchNormAct2d``, whose
+    ``forward`` adds an activation) keep per-process statistics, with a
+    warning. Without a process group the block runs unchanged.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    device : torch.device
+        Where the module runs; CUDA selects :class:`torch.nn.SyncBatchNorm`.
+
+    Yields
+    ------
+    module : torch.nn.Module
+        ``module`` itself, or its SyncBatchNorm copy when ``module`` is a
+        BatchNorm layer on CUDA.
     """
-    patched = []
-    if is_distributed():
-        for m in module.modules():
-            if type(m) in _BATCHNORMS:
-                m.forward = _BoundNorm(m)
-                patched.append(m)
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and is_main_process():
-                warnings.warn(f"{type(m).__name__} layers keep per-process batch statistics "
-                              "under torchrun.", RuntimeWarning, stacklevel=3)
+    if not is_distributed():
+        yield module
+        return
+    for m in module.modules():
+        if (isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in _BATCHNORMS
+                and not isinstance(m, nn.SyncBatchNorm) and is_main_process()):
+            warnings.warn(f"{type(m).__name__} layers keep per-process batch statistics "
+                          "under torchrun.", RuntimeWarning, stacklevel=3)
+    if device.type == "cuda":
+        with _sync_batchnorm_layers(module) as synced:
+            yield synced
+        return
+    patched = [m for m in module.modules() if type(m) in _BATCHNORMS]
+    for m in patched:
+        m.forward = _BoundNorm(m)
     try:
         yield module
     finally:
         for m in patched:
             del m.forward
+
+
+@contextlib.contextmanager
+def _sync_batchnorm_layers(module):
+    """Swap every exact BatchNorm layer of ``module`` for a
+    :class:`torch.nn.SyncBatchNorm` that shares its parameters and buffers, and
+    swap the originals back on exit (they then hold the trained values)."""
+    if type(module) in _BATCHNORMS:
+        yield nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return
+    swapped = [(parent, name, child) for parent in module.modules()
+               for name, child in parent.named_children() if type(child) in _BATCHNORMS]
+    for parent, name, child in swapped:
+        setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    try:
+        yield module
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 class _BoundNorm:

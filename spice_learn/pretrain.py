@@ -131,9 +131,11 @@ def pretrain_simclr(
         The augmentation of both views; None: :func:`~spice_learn.batch_augment.contrastive_augment`
         for the extractor's input size and ``flip``.
 
-    On a CUDA out-of-memory error the batch is halved and training goes on
-    (with a warning); under torchrun the error is raised instead (the processes
-    would have to agree on the new size).
+    On a CUDA out-of-memory error in the forward or backward pass the batch is
+    halved and the step is taken again (with a warning); under torchrun the
+    error is raised instead (the processes would have to agree on the new
+    size). One in ``optimizer.step()``, which may have updated some parameters
+    already, is raised.
 
     Under torchrun (an initialised process group of ``W`` processes) each
     process trains on its contiguous ``1 / W`` of every global batch of
@@ -205,11 +207,11 @@ def _pretrain_simclr(
     def elapsed():  # rank 0's clock, so that every process takes the same decisions
         return distributed.broadcast_object(time.perf_counter() - start)
 
-    net = compiled(distributed.wrap_ddp(SimCLRNet(module, head), device), compile)
     main = distributed.is_main_process()
     bar = tqdm(range(max_epochs), desc="pretraining (SimCLR)", unit="epoch",
                disable=verbose <= 0 or not main, initial=len(history))
-    with distributed.synced_batchnorm(net):
+    with distributed.synced_batchnorm(SimCLRNet(module, head), device) as synced:
+        net = compiled(distributed.wrap_ddp(synced, device), compile)
         _train_epochs(
             net, optimizer, images, gen, augment, mean, std, amp, device, history, bar,
             elapsed=elapsed, batch=batch, size=size, max_epochs=max_epochs, max_time=max_time,
@@ -272,7 +274,7 @@ def _train_epochs(
                 if list(x.shape[-2:]) != size:  # per batch: never a resized copy of all images
                     x = TF.resize(x, size, antialias=True)
                 out_of_memory = False
-                try:
+                try:  # forward and backward only: no parameter has changed yet when they fail
                     x = x.to(device, non_blocking=True).float().div_(255)
                     views = [((augment(x, gen, rows=(lo, hi, n_idx)) - mean) / std)
                              .contiguous(memory_format=torch.channels_last) for _ in range(2)]
@@ -280,7 +282,6 @@ def _train_epochs(
                         loss = contrastive_loss(net, views, temperature)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    optimizer.step()
                 except torch.cuda.OutOfMemoryError:
                     if batch <= 2 or distributed.is_distributed():
                         raise
@@ -293,6 +294,8 @@ def _train_epochs(
                     b = position // batch  # the same place in the epoch, in smaller steps
                     reader = None
                     continue
+                # Not retried: an error here may leave the weights partly updated.
+                optimizer.step()
                 losses.append(loss.detach())
                 b += 1
                 if max_time is not None and elapsed() > max_time:

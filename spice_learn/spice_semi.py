@@ -323,11 +323,11 @@ def _finetune(
         return x.to(device, non_blocking=True).float().div_(255)
 
     history, start = [], time.perf_counter()
-    net = compiled(distributed.wrap_ddp(model, device), compile)
     bar = tqdm(range(n_steps), desc="SPICE-Semi (finetune)", unit="step",
                disable=verbose <= 0 or not distributed.is_main_process())
     try:
-        with distributed.synced_batchnorm(net):
+        with distributed.synced_batchnorm(model, device) as synced:
+            net = compiled(distributed.wrap_ddp(synced, device), compile)
             for step in bar:
                 for group in optimizer.param_groups:
                     group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)

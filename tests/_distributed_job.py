@@ -59,8 +59,8 @@ def gradient_of_one_step():
     gen = torch.Generator().manual_seed(1)
     views = [torch.randn(8, 3, 12, 12, generator=gen) for _ in range(2)]
     lo, hi = distributed.shard_range(8)
-    ddp = distributed.wrap_ddp(net, CPU)
-    with distributed.synced_batchnorm(ddp):
+    with distributed.synced_batchnorm(net, CPU) as synced:
+        ddp = distributed.wrap_ddp(synced, CPU)
         loss = contrastive_loss(ddp, [v[lo:hi] for v in views], 0.5)
         loss.backward()
     return {"loss": loss.detach(), "grads": [p.grad.clone() for p in net.parameters()],

@@ -59,14 +59,80 @@ def test_helpers_are_identities_without_a_process_group():
     assert distributed.broadcast_object([1, 2]) == [1, 2]
     bn = torch.nn.BatchNorm1d(3)
     assert distributed.wrap_ddp(bn, torch.device("cpu")) is bn
-    with distributed.synced_batchnorm(bn):
-        assert "forward" not in vars(bn)
+    with distributed.synced_batchnorm(bn, torch.device("cpu")) as same:
+        assert same is bn and "forward" not in vars(bn)
 
 
 def test_setup_outside_torchrun_changes_nothing(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.setup(torch.device("cpu")) == torch.device("cpu")
     assert not torch.distributed.is_initialized()
+
+
+def test_rank_device_gives_each_torchrun_process_its_local_gpu():
+    cpu = torch.device("cpu")
+    assert distributed.rank_device(cpu, 3) == cpu
+    assert distributed.rank_device(torch.device("cuda"), 3) == torch.device("cuda", 3)
+    assert distributed.rank_device(torch.device("cuda", 1), 1) == torch.device("cuda", 1)
+    with pytest.warns(UserWarning, match=r"'cuda:0' is replaced by 'cuda:2'"):
+        assert distributed.rank_device(torch.device("cuda", 0), 2) == torch.device("cuda", 2)
+
+
+def test_setup_under_torchrun_uses_the_local_rank_for_cuda(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # no group made
+    with pytest.warns(UserWarning, match="local rank 1"):
+        assert distributed.setup(torch.device("cuda", 0)) == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]
+
+
+class _BatchNormAct(torch.nn.BatchNorm2d):
+    """A BatchNorm subclass with its own forward (as timm's BatchNormAct2d)."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def _pretend_two_processes(monkeypatch):
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+
+
+def test_synced_batchnorm_uses_sync_batchnorm_on_cuda(monkeypatch):
+    _pretend_two_processes(monkeypatch)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
+                              torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)),
+                              _BatchNormAct(4))
+    originals = [net[1], net[2][1]]
+    with pytest.warns(RuntimeWarning, match="_BatchNormAct layers keep per-process"):
+        with distributed.synced_batchnorm(net, torch.device("cuda")) as synced:
+            assert synced is net
+            layers = [net[1], net[2][1]]
+            assert all(type(m) is torch.nn.SyncBatchNorm for m in layers)
+            for new, old in zip(layers, originals):  # the same tensors, not copies
+                assert new.weight is old.weight and new.running_mean is old.running_mean
+            assert type(net[3]) is _BatchNormAct
+    assert [net[1], net[2][1]] == originals  # the original layers are back
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules())
+
+
+def test_synced_batchnorm_of_a_lone_layer_on_cuda(monkeypatch):
+    _pretend_two_processes(monkeypatch)
+    bn = torch.nn.BatchNorm1d(3)
+    with distributed.synced_batchnorm(bn, torch.device("cuda")) as synced:
+        assert type(synced) is torch.nn.SyncBatchNorm and synced.weight is bn.weight
+
+
+def test_synced_batchnorm_on_the_cpu_replaces_forward_only(monkeypatch):
+    # torch.nn.SyncBatchNorm refuses CPU tensors; the gloo fallback patches forward.
+    _pretend_two_processes(monkeypatch)
+    bn = torch.nn.BatchNorm1d(3)
+    with distributed.synced_batchnorm(bn, torch.device("cpu")) as synced:
+        assert synced is bn and "forward" in vars(bn)
+    assert "forward" not in vars(bn)
 
 
 def _free_port():

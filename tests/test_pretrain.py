@@ -1,5 +1,7 @@
 """Stage 1: SimCLR loss, training loop, determinism, and when the estimator pretrains."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -269,6 +271,31 @@ def test_pretraining_halves_the_batch_after_oom():
     sizes = extractor.module.module.sizes[1:]  # (wrapped for pooling; [0] is build's probe)
     assert sizes[:3] == [64, 32, 16]  # two views of 32, then 16, then 8 images
     assert set(sizes[2:]) == {16}  # every later step ran with the halved batch
+
+
+class _StepRunsOutOfMemory(torch.optim.AdamW):
+    """AdamW whose second step changes the first parameter, then runs out of memory."""
+
+    steps = 0
+
+    def step(self, closure=None):
+        type(self).steps += 1
+        if type(self).steps < 2:
+            return super().step(closure)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].add_(1.0)  # a partly done update
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated, in the update)")
+
+
+def test_oom_in_the_optimizer_step_is_raised(monkeypatch):
+    # Halving the batch and going on would continue from partly updated weights.
+    monkeypatch.setattr(_StepRunsOutOfMemory, "steps", 0)
+    monkeypatch.setattr(torch.optim, "AdamW", _StepRunsOutOfMemory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "continuing with batches of"
+        with pytest.raises(torch.cuda.OutOfMemoryError, match="in the update"):
+            _pretrain(epochs=2)
+    assert _StepRunsOutOfMemory.steps == 2
 
 
 def test_estimator_checkpoint_dir_reuses_pretraining(tmp_path, calls):
