@@ -211,10 +211,16 @@ def test_a_cache_file_of_the_wrong_shape_is_replaced(tmp_path, embed_calls):
 
 
 def test_cache_dir_is_not_checked_with_precomputed_features(tmp_path):
+    # A cache_dir that could never be a folder (a file is in the way) is fine: features
+    # are never embedded, so nothing is cached, checked or written.
     (tmp_path / "file").write_text("x")
     features = np.random.default_rng(0).normal(size=(30, 5))
-    SpiceClustering(3, backbone="precomputed", max_epochs=2, semi=None, random_state=0,
-                    cache_dir=tmp_path / "file" / "cache").fit(features)
+    params = dict(backbone="precomputed", max_epochs=2, semi=None, random_state=0)
+    model = SpiceClustering(3, cache_dir=tmp_path / "file" / "cache", **params).fit(features)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    assert (tmp_path / "file").read_text() == "x"
+    plain = SpiceClustering(3, **params).fit(features)  # cache_dir has no effect at all
+    np.testing.assert_array_equal(model.labels_, plain.labels_)
 
 
 def test_other_images_use_another_file(tmp_path, embed_calls):

@@ -1,10 +1,9 @@
 """Tests of spice_learn.pseudo_labels (paper Eqs. 1-3, Fig. 2c)."""
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from spice_learn.pseudo_labels import assign_pseudo_labels, cluster_prototypes
 
@@ -154,28 +153,32 @@ def test_output_shapes(m, k, heads):
     assert cluster_prototypes(feats, probs, 2).shape == (heads, k, 5)
 
 
-def test_large_batch_is_fast_and_never_builds_m_by_m(monkeypatch):
+class _OutputShapes(TorchFunctionMode):
+    """Records the shape of every tensor a torch function, method or operator returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def test_large_batch_never_builds_m_by_m():
+    # Memory, not time: no intermediate of any op (matmul, @, mm, cdist, ...) has two
+    # axes of length M, or more values than the (H, k, M) similarities of a d-dim input.
     m, d, heads, k = 5000, 8, 2, 10
     gen = torch.Generator().manual_seed(0)
     feats = F.normalize(torch.randn(m, d, generator=gen), dim=1)
     probs = torch.rand(heads, m, k, generator=gen).softmax(dim=2)
-
-    real_matmul = torch.matmul
-    shapes = []
-
-    def spy(a, b, *args, **kwargs):
-        out = real_matmul(a, b, *args, **kwargs)
-        shapes.append(tuple(out.shape))
-        return out
-
-    monkeypatch.setattr(torch, "matmul", spy)
-    start = time.perf_counter()
-    indices, labels = assign_pseudo_labels(feats, probs, 0.5)
-    elapsed = time.perf_counter() - start
-    monkeypatch.undo()
+    with _OutputShapes() as spy:
+        indices, labels = assign_pseudo_labels(feats, probs, 0.5)
     assert indices.shape == labels.shape == (heads, m)
-    assert elapsed < 5.0
-    assert shapes, "matmul was expected to be used"
-    for shape in shapes:
-        assert sum(1 for s in shape if s >= m) <= 1, f"an M x M-sized product {shape}"
+    assert len(spy.shapes) > 5, "the spy saw too few ops"
+    for shape in spy.shapes:
+        assert sum(1 for s in shape if s >= m) <= 1, f"an M x M-sized intermediate {shape}"
         assert torch.Size(shape).numel() <= heads * k * m * d
