@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _images import pattern_images
 
 import spice_learn.embedding
 import spice_learn.estimator
@@ -27,23 +28,6 @@ from spice_learn.pretrain import (
 from spice_learn.spice_semi import finetune
 
 CPU = torch.device("cpu")
-
-
-def pattern_images(n=64, size=12, seed=0):
-    """Four kinds of bars and squares with noise, uint8 ``(n, 3, size, size)``."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 40, (n, 3, size, size))
-    for i in range(n):
-        kind, o = i % 4, rng.integers(0, 3)
-        if kind == 0:
-            x[i, :, 2 + o : 4 + o, 1:-1] += 200
-        elif kind == 1:
-            x[i, :, 1:-1, 2 + o : 4 + o] += 200
-        elif kind == 2:
-            x[i, :, 3:9, 3:9] += 200
-        else:
-            x[i, :, np.arange(size), np.arange(size)] += 200
-    return torch.from_numpy(x.clip(0, 255).astype(np.uint8))
 
 
 def _weights(*modules):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _images import random_pixels
 
 from spice_learn import ImageStream, SpiceClustering
 
@@ -26,7 +27,7 @@ def _blobs(n=20, d=4):
 
 
 def _images(n=6, size=8):
-    return np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
+    return random_pixels(n, size)
 
 
 def _fit(X, **params):

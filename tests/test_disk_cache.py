@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from _images import random_pixels
 from _nets import TinyNet
 
 import spice_learn.estimator as estimator_module
@@ -25,7 +26,7 @@ BACKBONE = TinyNet(channels=16)
 
 
 def _images(n=40, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return random_pixels(n, 8, channels=3, seed=seed)
 
 
 def _model(**params):

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from _nets import TinyNet
 from torch import nn
 
 from spice_learn.augment import strong_transform, weak_transform
@@ -15,19 +16,10 @@ CPU = torch.device("cpu")
 N, FEAT = 10, 8
 
 
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, FEAT, 3, padding=1)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x)) + 0.01 * x.mean(dim=1, keepdim=True)
-
-
 @pytest.fixture(scope="module")
 def extractor():
     torch.manual_seed(0)
-    return build_backbone(TinyNet(), None, (16, 16))
+    return build_backbone(TinyNet(channels=FEAT, leak=0.01), None, (16, 16))
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +177,7 @@ def test_compiled_stages_match_the_eager_ones(extractor, images):
     losses = []
     for compile in (False, True):
         torch.manual_seed(0)  # the same initial weights for both
-        fresh = build_backbone(TinyNet(), None, (16, 16))
+        fresh = build_backbone(TinyNet(channels=FEAT, leak=0.01), None, (16, 16))
         losses.append(pretrain_simclr(fresh, images, compile=compile, **kwargs))
     assert losses[0] == pytest.approx(losses[1], rel=1e-2)  # bf16 autocast on some CPUs
 

@@ -7,6 +7,7 @@ import torch
 from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from _images import random_pixels
 
 from spice_learn import ImageEmbedder, SpiceClustering
 
@@ -14,7 +15,7 @@ FAST = dict(pretrain_epochs=1, batch_size=8, device="cpu", random_state=0)
 
 
 def images(n=16, size=8, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)
+    return random_pixels(n, size, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from _images import random_pixels
 from _nets import TinyNet
+from PIL import Image
 from torch import nn
 
 from spice_learn import ImageStream, SpiceClustering
@@ -44,7 +45,7 @@ class Pairs(torch.utils.data.Dataset):
 
 
 def _pixels(n=24, size=8, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return random_pixels(n, size, channels=3, seed=seed)
 
 
 def _folder(tmp_path, pixels):

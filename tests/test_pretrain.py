@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _images import pattern_images, random_pixels
 
 import spice_learn.representation as representation
 from spice_learn import SpiceClustering
@@ -17,31 +18,13 @@ def test_projection_head_shape():
     assert head(torch.randn(5, 16)).shape == (5, 4)
 
 
-def _pattern_images(n=64, size=12, seed=0):
-    """Four kinds of simple shapes on a dark background, uint8 (N, 3, H, W)."""
-    rng = np.random.default_rng(seed)
-    x = np.zeros((n, 3, size, size), dtype=np.uint8)
-    for i in range(n):
-        kind, o = i % 4, rng.integers(0, 3)
-        if kind == 0:
-            x[i, :, 2 + o : 4 + o, 1:-1] = 255
-        elif kind == 1:
-            x[i, :, 1:-1, 2 + o : 4 + o] = 255
-        elif kind == 2:
-            x[i, :, 3:9, 3:9] = 255
-        else:
-            np.fill_diagonal(x[i, 0], 255)
-            x[i, 1:] = x[i, :1]
-    return torch.from_numpy(x)
-
-
 def _pretrain(seed=0, epochs=3, **kwargs):
     extractor = build_backbone("spice_convnet4", None, (12, 12), seed=seed)
     params = dict(max_epochs=epochs, max_time=None, batch_size=32, learning_rate=3e-3,
                   temperature=0.5, projection_dim=16, flip=False, seed=seed,
                   device=torch.device("cpu"))
     params.update(kwargs)
-    history = pretrain_simclr(extractor, _pattern_images(), **params)
+    history = pretrain_simclr(extractor, pattern_images(), **params)
     return extractor, history
 
 
@@ -91,7 +74,7 @@ def calls(monkeypatch):
 
 
 def _images(n=24, size=8):
-    return np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
+    return random_pixels(n, size)
 
 
 FAST = dict(n_heads=2, max_epochs=1, n_weak_views=1, n_strong_views=1, semi_steps=5,
@@ -264,7 +247,7 @@ def test_pretraining_halves_the_batch_after_oom():
     extractor = build_backbone(_OOMOnBigBatches(limit=20), None, (12, 12))
     with pytest.warns(RuntimeWarning, match="out of memory in pretraining"):
         history = pretrain_simclr(
-            extractor, _pattern_images(), max_epochs=2, max_time=None, batch_size=32,
+            extractor, pattern_images(), max_epochs=2, max_time=None, batch_size=32,
             learning_rate=1e-3, temperature=0.5, projection_dim=8, flip=False, seed=0,
             device=torch.device("cpu"))
     assert len(history) == 2 and np.all(np.isfinite(history))
