@@ -246,27 +246,20 @@ def test_local_safetensors_weights(tmp_path, resnet18_state):
     _assert_same_weights(fe.module, resnet18_state)
 
 
-def test_7x7_checkpoint_on_small_images_uses_stride1_stem(tmp_path, resnet18_state):
-    path = tmp_path / "r18.pth"
-    torch.save(resnet18_state, path)
-    fe = build_backbone("resnet18", path, (16, 16))
-    assert fe.stem == "stride1"
-    assert fe.module.conv1.kernel_size == (7, 7)
+@pytest.mark.parametrize("state,size,stem,kernel", [
+    ("resnet18_state", 16, "stride1", 7),  # a 7x7 checkpoint on small images
+    ("cifar_resnet18_state", 32, "cifar", 3),  # a CIFAR checkpoint in the CIFAR stem
+])
+def test_checkpoint_loads_into_a_stride1_stem(tmp_path, request, state, size, stem, kernel):
+    weights = request.getfixturevalue(state)
+    path = tmp_path / "weights.pth"
+    torch.save(weights, path)
+    fe = build_backbone("resnet18", path, (size, size))
+    assert fe.stem == stem
+    assert fe.module.conv1.kernel_size == (kernel, kernel)
     assert fe.module.conv1.stride == (1, 1)
     assert isinstance(fe.module.maxpool, nn.Identity)
-    _assert_same_weights(fe.module, resnet18_state)
-    assert _forward(fe).shape == (2, 512)
-
-
-def test_cifar_checkpoint_loads_into_cifar_stem(tmp_path, cifar_resnet18_state):
-    path = tmp_path / "cifar.pth"
-    torch.save(cifar_resnet18_state, path)
-    fe = build_backbone("resnet18", path, (32, 32))
-    assert fe.stem == "cifar"
-    assert fe.module.conv1.kernel_size == (3, 3)
-    assert fe.module.conv1.stride == (1, 1)
-    assert isinstance(fe.module.maxpool, nn.Identity)
-    _assert_same_weights(fe.module, cifar_resnet18_state)
+    _assert_same_weights(fe.module, weights)
     assert _forward(fe).shape == (2, 512)
 
 

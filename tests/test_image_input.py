@@ -298,20 +298,16 @@ def image_tree(tmp_path):
     return root, files
 
 
-def test_list_of_str_paths(tmp_path):
+@pytest.mark.parametrize("second,as_path", [
+    ("y.png", str),  # str paths
+    ("y.bmp", Path),  # a pathlib path beside a str one, another format
+])
+def test_list_of_paths(tmp_path, second, as_path):
     p1 = _write(tmp_path / "x.png", (1, 2, 3))
-    p2 = _write(tmp_path / "y.png", (4, 5, 6))
-    out = as_images([str(p1), str(p2)])
+    p2 = _write(tmp_path / second, (4, 5, 6))
+    out = as_images([str(p1), as_path(p2)])
     _check_output(out, 2, H, W)
     np.testing.assert_array_equal(out[0, :, 0, 0].numpy(), [1, 2, 3])
-    np.testing.assert_array_equal(out[1, :, 0, 0].numpy(), [4, 5, 6])
-
-
-def test_list_of_pathlib_paths_mixed_with_str(tmp_path):
-    p1 = _write(tmp_path / "x.png", (1, 2, 3))
-    p2 = _write(tmp_path / "y.bmp", (4, 5, 6))
-    out = as_images([Path(p1), str(p2)])
-    _check_output(out, 2, H, W)
     np.testing.assert_array_equal(out[1, :, 0, 0].numpy(), [4, 5, 6])
 
 
