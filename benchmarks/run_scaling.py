@@ -101,16 +101,23 @@ def best_of(fn, device, warm_up, repeats):
 
 
 def default_settings(n, dim):
-    """The settings a default ``SpiceClustering(10)`` fit resolves for N images of dim D."""
-    import spice_learn.estimator as estimator
+    """The settings a default ``SpiceClustering(10)`` fit resolves for N images of dim D
+    (None: resolved later from the data, as the estimator does)."""
     from spice_learn import SpiceClustering
+    from spice_learn.settings import check_settings, resolve_settings
+    from spice_learn.spice_self import default_batch_size
+    from spice_learn.view_cache import default_cache_dtype
 
-    model = SpiceClustering(N_CLUSTERS)
-    params = model._check_params()
-    estimator._resolve_views(params, n)
-    n_views = 1 + params["n_weak_views"] + params["n_strong_views"]
-    return {**model.get_params(), **params, "n_views": n_views,
-            "cache_dtype": estimator._cache_dtype(params["cache_dtype"], n, n_views, dim)}
+    params = SpiceClustering(N_CLUSTERS).get_params()
+    resolved = resolve_settings(params, check_settings(params), n)
+    heads, views = resolved.heads.resolved(n, N_CLUSTERS), resolved.views
+    return {**params, "n_weak_views": views.n_weak, "n_strong_views": views.n_strong,
+            "n_views": views.n_views, "batch_size": default_batch_size(N_CLUSTERS),
+            "minibatch_size": resolved.heads.minibatch_size,
+            "max_epochs": resolved.heads.max_epochs, "learning_rate": heads.learning_rate,
+            "entropy_weight": heads.entropy_weight, "pretrain_batch_size": None,
+            "pretrain_epochs": None, "device": resolved.device,
+            "cache_dtype": default_cache_dtype(views.cache_dtype, n, views.n_views, dim)}
 
 
 def _load(n):
@@ -190,9 +197,9 @@ def worker(stage, n, device, args):
         out.update(seconds=seconds, items=k * batch, per_item=seconds / (k * batch), steps=k,
                    batch=batch)
     elif stage == "heads":
-        import spice_learn.estimator as estimator
+        from spice_learn.view_cache import feature_cache
 
-        cache = estimator._feature_cache(features, s, seed=0)
+        cache = feature_cache(features, s["n_weak_views"], s["n_strong_views"], seed=0)
         dtype = s["cache_dtype"]
         cache = ViewCache(cache.original.to(dtype), cache.weak.to(dtype), cache.strong.to(dtype))
         common = dict(n_clusters=N_CLUSTERS, n_heads=s["n_heads"], hidden_dim=dim,

@@ -11,6 +11,8 @@ and view in float32 and ``2 * D`` in float16 (a ResNet-18, D = 512: 2 KiB /
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 from dataclasses import dataclass
 
@@ -68,7 +70,7 @@ def cache_nbytes(n_samples, n_views, dim, dtype):
 
 def embed_views(
     extractor, images, transforms, *, batch_size, device, dtype=torch.float32, seed=0,
-    verbose=0, desc="embedding", out=None, compile=False,
+    verbose=0, desc="embedding", out=None, compile=False, shared=False,
 ):
     """Pass every image through the backbone once per view.
 
@@ -102,6 +104,13 @@ def embed_views(
     compile : bool
         Run the module through :func:`torch.compile` (see
         :func:`~spice_learn.runtime.compiled`).
+    shared : bool
+        False (a fit, which owns ``extractor``): the module is moved to ``device``,
+        put in eval mode and channels_last in place, and small per-batch ops run
+        on one thread. True (a fitted model, which other threads may use at the
+        same time): the module is used as it is when it is ready for ``device``,
+        else a prepared copy runs; the thread count is never changed, and the
+        global RNG is neither seeded nor restored when no view is augmented.
 
     Under torchrun each process embeds a contiguous share of whole blocks
     (:func:`~spice_learn.distributed.shard_range`) and the shares are gathered:
@@ -116,8 +125,9 @@ def embed_views(
     features : torch.Tensor or DiskArray of shape (len(transforms), N, D)
         L2-normalised embeddings (``out`` when given).
     """
-    module = extractor.module.to(device).eval()
-    module = module.to(memory_format=torch.channels_last)
+    module = _ready_module(extractor.module, device) if shared else (
+        extractor.module.to(device).eval().to(memory_format=torch.channels_last))
+    one_thread = contextlib.nullcontext if shared else (lambda: torch_threads(1))
     shards = distributed.is_distributed()
     if shards:
         check_same_images(images)
@@ -126,18 +136,22 @@ def embed_views(
         (len(transforms), hi - lo, extractor.feature_dim), dtype=dtype)
     bar = tqdm(total=(hi - lo) * len(transforms), desc=desc, unit="img",
                disable=verbose <= 0 or not distributed.is_main_process())
-    forward = _Forward(extractor, compiled(module, compile), device)
+    forward = _Forward(extractor, compiled(module, compile), device, one_thread)
+    augmented = any(t is not None for t in transforms)
+    seeded = augmented or not shared  # the augmentations draw from the global CPU RNG
+    rng = torch.random.fork_rng(devices=[]) if seeded else contextlib.nullcontext()
     starts = range(lo, hi, batch_size)
     blocks = image_batches(images, (slice(s, min(s + batch_size, hi)) for s in starts),
                            pin_memory=device.type == "cuda")
     try:
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        with rng, torch.inference_mode():
             for start, block in zip(starts, blocks):  # CPU RNG only: fork_rng restores it
-                torch.default_generator.manual_seed(_block_seed(seed, start // batch_size))
+                if seeded:
+                    torch.default_generator.manual_seed(_block_seed(seed, start // batch_size))
                 if list(block.shape[-2:]) != list(extractor.input_size):
                     block = TF.resize(block, list(extractor.input_size), antialias=True)
                 for v, t in enumerate(transforms):
-                    view = block if t is None else _per_image(t, block)
+                    view = block if t is None else _per_image(t, block, one_thread)
                     local[v, start - lo : start - lo + len(block)] = forward(view, dtype)
                     bar.update(len(block))
     finally:
@@ -180,8 +194,9 @@ class _Forward:
     """L2-normalised features of a batch of uint8 images, on the CPU; halves its
     batch on a CUDA out-of-memory error and goes on (with a warning)."""
 
-    def __init__(self, extractor, module, device):
+    def __init__(self, extractor, module, device, one_thread):
         self.module, self.device, self.amp = module, device, autocast_dtype(device)
+        self.one_thread = one_thread
         self.scale, self.shift = _input_affine(extractor, device)
         self.batch_size = None
 
@@ -204,13 +219,13 @@ class _Forward:
         return torch.cat(parts)
 
     def _embed(self, batch, dtype):
-        with torch_threads(1):  # uint8 -> normalised channels_last input in one op
+        with self.one_thread():  # uint8 -> normalised channels_last input in one op
             x = torch.empty(batch.shape, device=self.device, memory_format=torch.channels_last)
             torch.addcmul(self.shift, batch.to(self.device, non_blocking=True), self.scale,
                           out=x)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             feats = self.module(x)
-        with torch_threads(1):
+        with self.one_thread():
             return _unit_rows(feats).to("cpu", dtype)
 
 
@@ -230,17 +245,32 @@ def _unit_rows(feats):
     return torch.div(feats, norms.clamp_min_(1e-12))
 
 
-def _per_image(transform, batch):
+def _per_image(transform, batch, one_thread):
     """Apply ``transform`` to each image (tiny kernels: one thread, see
-    :func:`~spice_learn.runtime.torch_threads`)."""
-    with torch_threads(1):
+    :func:`~spice_learn.runtime.torch_threads`, unless the caller shares the process)."""
+    with one_thread():
         return torch.stack([transform(image) for image in batch])
 
 
-def embed_images(extractor, images, *, batch_size, device, verbose=0, compile=False):
-    """Embeddings ``(N, D)`` float32 of the original images (no augmentation)."""
+def embed_images(extractor, images, *, batch_size, device, verbose=0, compile=False,
+                 shared=False):
+    """Embeddings ``(N, D)`` float32 of the original images (no augmentation); ``shared``
+    as in :func:`embed_views`."""
     return embed_views(
         extractor, images, [None], batch_size=batch_size, device=device, verbose=verbose,
-        compile=compile,
+        compile=compile, shared=shared,
     )[0]
+
+
+def _ready_module(module, device):
+    """``module`` itself when it already is in eval mode, on ``device`` and channels_last
+    (a fitted model's backbone on the CPU), else a copy made so; ``module`` is not changed."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    ready = (not any(m.training for m in module.modules())
+             and all(t.device == device for t in tensors)
+             and all(t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last)
+                     for t in tensors))
+    if ready:
+        return module
+    return copy.deepcopy(module).to(device).eval().to(memory_format=torch.channels_last)
 

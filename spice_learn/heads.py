@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MultiHeadClassifier", "step_heads"]
+__all__ = ["MultiHeadClassifier", "step_heads", "head_probabilities"]
 
 
 class MultiHeadClassifier(nn.Module):
@@ -93,3 +93,16 @@ def step_heads(optimizer, losses):
     losses.sum().backward()
     optimizer.step()
     return losses.detach()
+
+
+@torch.no_grad()
+def head_probabilities(heads, features, *, chunk_size=8192):
+    """Softmax of every head on ``features`` ``(N, D)``, shape ``(H, N, k)``."""
+    if any(m.training for m in heads.modules()):  # a fitted model's heads are left alone
+        heads.eval()
+    device = next(heads.parameters()).device
+    out = [
+        heads(features[s : s + chunk_size].to(device).float()).softmax(dim=2)
+        for s in range(0, features.shape[0], chunk_size)
+    ]
+    return torch.cat(out, dim=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.base import (
     BaseEstimator,
@@ -9,14 +11,20 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from . import distributed
 from .embedding import embed_images
 from .image_input import as_images
 from .representation import learn_representation
-from .runtime import usable_device
-from .validation import check_compile, check_int
+from .settings import (
+    PARAMETER_CONSTRAINTS,
+    STAGE1_PARAMETERS,
+    check_parameters,
+    check_stage1,
+    inference_device,
+)
 
 __all__ = ["ImageEmbedder"]
 
@@ -81,37 +89,32 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.random_state = random_state
         self.verbose = verbose
 
+    _parameter_constraints = {
+        **{name: PARAMETER_CONSTRAINTS[name] for name in STAGE1_PARAMETERS},
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+    }
+
     def fit(self, X, y=None):
         """Build (and pretrain) the backbone on images ``X``; ``y`` is ignored."""
-        from .estimator import (
-            SpiceClustering,  # the one place backbone settings are checked
-        )
-
         if isinstance(self.backbone, str) and self.backbone == "precomputed":
             raise ValueError("backbone='precomputed' has no images to embed; pass a model.")
-        # SpiceClustering checks the shared settings and resolves "auto" (device,
-        # pretraining); its unset pretraining parameters are the defaults used here.
-        stage1 = SpiceClustering(
-            backbone=self.backbone, weights=self.weights, pretrain=self.pretrain,
-            pretrain_epochs=self.pretrain_epochs, pretrain_time=self.pretrain_time,
-            small_stem=self.small_stem, flip=self.flip, device=self.device,
-            compile=self.compile, verbose=self.verbose,
-        )
-        params = stage1._check_params()
-        check_int(self.batch_size, "batch_size", 1)
+        params = self.get_params(deep=False)
+        check_parameters(params, self._parameter_constraints)
+        stage1, device = check_stage1(params)  # the estimator's checks and "auto" rules
         rng = check_random_state(self.random_state)
         build_seed, pretrain_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         images = as_images(X)
-        device = distributed.setup(params["device"])  # under torchrun: this process's GPU
+        device = distributed.setup(device)  # under torchrun: this process's GPU
         build_seed, pretrain_seed = distributed.broadcast_object([build_seed, pretrain_seed])
         extractor, history, _ = learn_representation(
-            self.backbone, self.weights, images, pretrain=params["pretrain"],
-            small_stem=self.small_stem, flip=self.flip, build_seed=build_seed,
+            stage1.backbone, stage1.weights, images, pretrain=stage1.pretrain,
+            small_stem=stage1.small_stem, flip=stage1.flip, build_seed=build_seed,
             pretrain_seed=pretrain_seed, device=device,
-            verbose=self.verbose if distributed.is_main_process() else 0, max_epochs=params["pretrain_epochs"], max_time=self.pretrain_time,
-            batch_size=params["pretrain_batch_size"],
-            learning_rate=params["pretrain_learning_rate"], temperature=params["temperature"],
-            projection_dim=stage1.projection_dim, compile=params["compile"],
+            verbose=self.verbose if distributed.is_main_process() else 0,
+            max_epochs=stage1.pretrain_epochs, max_time=stage1.max_time,
+            batch_size=stage1.batch_size, learning_rate=stage1.learning_rate,
+            temperature=stage1.temperature, projection_dim=stage1.projection_dim,
+            compile=stage1.compile,
         )
         extractor.module.cpu()
         self.backbone_ = extractor
@@ -127,15 +130,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def transform(self, X):
         """Embeddings of images ``X``, float32 of shape ``(n_samples, D)``, L2-normalised."""
         check_is_fitted(self, "backbone_")
-        images = as_images(X)
-        try:
-            return embed_images(self.backbone_, images, batch_size=self.batch_size,
-                                device=distributed.setup(usable_device(self.device)),
-                                verbose=self.verbose if distributed.is_main_process() else 0,
-                                compile=check_compile(getattr(self, "compile", False)),
-                                ).numpy()
-        finally:
-            self.backbone_.module.cpu()
+        return embed_images(self.backbone_, as_images(X), batch_size=self.batch_size,
+                            device=inference_device(self.device),
+                            verbose=self.verbose if distributed.is_main_process() else 0,
+                            compile=bool(getattr(self, "compile", False)), shared=True).numpy()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -16,22 +16,47 @@ selected — no labels involved (paper section 3.2 and 4.5.3).
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass, replace
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .heads import MultiHeadClassifier, step_heads
+from . import distributed
+from .heads import MultiHeadClassifier, head_probabilities, step_heads
 from .losses import double_softmax_cross_entropy, entropy_regularised
-from .pseudo_labels import assign_pseudo_labels
+from .pseudo_labels import assign_pseudo_labels, cluster_prototypes, n_confident
 from .runtime import autocast_dtype
+from .scan_heads import (
+    SCAN_ENTROPY_WEIGHT,
+    default_scan_epochs,
+    default_scan_minibatch_size,
+    scan_neighbors,
+    scan_selection_losses,
+    train_scan_heads,
+)
 
 __all__ = [
+    "SPICE_HEAD_EPOCHS",
+    "HEAD_LEARNING_RATES",
+    "HeadSettings",
+    "SpiceSelfResult",
     "default_batch_size",
     "default_minibatch_size",
+    "default_entropy_weight",
+    "fit_spice_self",
     "train_heads",
     "head_selection_losses",
     "head_probabilities",
+    "cluster_centers",
+    "warn_empty_clusters",
 ]
+
+#: ``max_epochs="auto"`` with ``head_objective="spice"`` (the paper's 100 epochs).
+SPICE_HEAD_EPOCHS = 100
+#: ``learning_rate="auto"``: the official SPICE-Self value, and Adam's usual 1e-3 for SCAN heads.
+HEAD_LEARNING_RATES = {"spice": 5e-3, "scan": 1e-3}
 
 
 def default_batch_size(n_clusters):
@@ -42,6 +67,166 @@ def default_batch_size(n_clusters):
 def default_minibatch_size(n_clusters):
     """The paper's ``m2``: 128, and 256 for 200 clusters (here: from 100 clusters on)."""
     return 256 if n_clusters >= 100 else 128
+
+
+def default_entropy_weight(objective, n_clusters):
+    """``entropy_weight="auto"``: SCAN's 5 for "scan" heads; for "spice" heads 0 below
+    50 clusters and 1 from 50 on."""
+    if objective == "scan":
+        return SCAN_ENTROPY_WEIGHT
+    return 0.0 if n_clusters < 50 else 1.0
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """How SPICE-Self trains and selects its heads; None stands for "auto".
+
+    ``objective`` ("scan" or "spice"), ``n_heads``, ``hidden_dim`` (None: the feature
+    dimension), ``batch_size`` (``M``, "spice" only), ``minibatch_size``,
+    ``max_epochs``, ``learning_rate``, ``confidence_ratio`` (``r``) and
+    ``entropy_weight``, as the :class:`~spice_learn.SpiceClustering` parameters.
+    """
+
+    objective: str = "scan"
+    n_heads: int = 10
+    hidden_dim: int | None = None
+    batch_size: int | None = None
+    minibatch_size: int | None = None
+    max_epochs: int | None = None
+    learning_rate: float | None = None
+    confidence_ratio: float = 0.5
+    entropy_weight: float | None = None
+
+    def resolved(self, n_samples, n_clusters, dim=None):
+        """These settings with every "auto" value resolved for ``n_samples`` samples of
+        dimension ``dim`` in ``n_clusters`` clusters."""
+        scan, k, n = self.objective == "scan", n_clusters, n_samples
+        return replace(
+            self,
+            hidden_dim=self.hidden_dim or dim,
+            batch_size=self.batch_size or default_batch_size(k),
+            minibatch_size=self.minibatch_size or (
+                default_scan_minibatch_size(n) if scan else default_minibatch_size(k)),
+            max_epochs=self.max_epochs or (default_scan_epochs(n) if scan else SPICE_HEAD_EPOCHS),
+            learning_rate=self.learning_rate or HEAD_LEARNING_RATES[self.objective],
+            entropy_weight=(default_entropy_weight(self.objective, k)
+                            if self.entropy_weight is None else self.entropy_weight),
+        )
+
+
+@dataclass(frozen=True)
+class SpiceSelfResult:
+    """Result of :func:`fit_spice_self`.
+
+    Attributes
+    ----------
+    heads : MultiHeadClassifier
+        Every trained head.
+    losses : ndarray of shape (n_heads,)
+        Label-free selection loss of each head (lower is better).
+    best : int
+        Index of the selected head.
+    classifier : MultiHeadClassifier
+        The selected head alone.
+    self_labels : ndarray of shape (n_samples,)
+        Its cluster of each sample (original view).
+    history : ndarray of shape (n_epochs, n_heads)
+        Mean training loss per epoch and head.
+    settings : HeadSettings
+        The resolved settings.
+    """
+
+    heads: MultiHeadClassifier
+    losses: np.ndarray
+    best: int
+    classifier: MultiHeadClassifier
+    self_labels: np.ndarray
+    history: np.ndarray
+    settings: HeadSettings
+
+
+def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verbose=0,
+                   log=None):
+    """SPICE-Self: train the heads on the view cache and select one without labels.
+
+    Callable once per candidate number of clusters with the same cache and
+    neighbours.
+
+    Parameters
+    ----------
+    cache : ViewCache
+    neighbors : torch.Tensor of shape (N, n) or None
+        Nearest neighbours sorted by similarity (:func:`~spice_learn.view_cache.neighbour_graph`);
+        "scan" heads use the first :func:`~spice_learn.scan_heads.scan_neighbors`
+        columns, "spice" heads none (None is fine there).
+    n_clusters : int
+    settings : HeadSettings
+    seed : int
+    device : torch.device
+    verbose : int
+    log : callable or None
+        Called with one line on the selected head.
+
+    Returns
+    -------
+    SpiceSelfResult
+
+    Under torchrun every process trains the same heads; rank 0's heads, losses and
+    labels are broadcast (GPUs need not agree to the last bit).
+    """
+    n, dim = cache.original.shape
+    s = settings.resolved(n, n_clusters, dim)
+    common = dict(n_clusters=n_clusters, n_heads=s.n_heads, hidden_dim=s.hidden_dim,
+                  minibatch_size=s.minibatch_size, max_epochs=s.max_epochs,
+                  learning_rate=s.learning_rate, entropy_weight=s.entropy_weight, seed=seed,
+                  device=device, verbose=verbose)
+    if s.objective == "scan":
+        graph = neighbors[:, : scan_neighbors(n, n_clusters)]
+        heads, history = train_scan_heads(cache, graph, **common)
+        distributed.broadcast_module(heads)
+        losses = scan_selection_losses(heads, cache, graph, entropy_weight=s.entropy_weight)
+    else:
+        heads, history = train_heads(cache, batch_size=s.batch_size,
+                                     confidence_ratio=s.confidence_ratio, **common)
+        distributed.broadcast_module(heads)  # identical on every process, whatever the GPU
+        losses = head_selection_losses(heads, cache, confidence_ratio=s.confidence_ratio)
+    losses = distributed.broadcast_object(losses)
+    best = int(np.argmin(losses))
+    classifier = heads.select([best])
+    probs = head_probabilities(classifier, cache.original[:])
+    labels = distributed.broadcast_object(probs[0].argmax(dim=1).cpu().numpy())
+    if log is not None:
+        name = "SCAN" if s.objective == "scan" else "DS-CE"
+        log(f"SPICE-Self ({s.objective} heads): selected head {best} of {s.n_heads} "
+            f"({name} {losses[best]:.4f}; all heads {losses.min():.4f}-{losses.max():.4f})")
+    return SpiceSelfResult(heads, losses, best, classifier, labels, history, s)
+
+
+def warn_empty_clusters(labels, n_clusters, stacklevel=2):
+    """Warn when some of the ``n_clusters`` clusters get no sample of ``labels``."""
+    k, n_used = n_clusters, len(np.unique(labels))
+    if n_used < k:
+        warnings.warn(
+            f"{k - n_used} of the n_clusters={k} clusters are empty: no training sample "
+            "is assigned to them. The data may hold fewer groups than asked for, or "
+            "the embedding does not separate them; try head_objective='scan' (its "
+            "entropy term keeps clusters in use) or fewer clusters.", UserWarning,
+            stacklevel=stacklevel + 1)
+
+
+def cluster_centers(classifier, features, confidence_ratio):
+    """Cluster of each sample and the prototypes (Eq. 2) of a one-head ``classifier``.
+
+    Returns
+    -------
+    labels : ndarray of shape (N,)
+    centers : ndarray of shape (n_clusters, D)
+        Mean of the ``n_confident`` most confident samples of each cluster.
+    """
+    probs = head_probabilities(classifier, features)
+    n_top = n_confident(features.shape[0], probs.shape[2], confidence_ratio)
+    centers = cluster_prototypes(features.to(probs.device).float(), probs, n_top)[0]
+    return probs[0].argmax(dim=1).cpu().numpy(), centers.cpu().numpy()
 
 
 def train_heads(
@@ -126,18 +311,6 @@ def train_heads(
 
 def _autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-@torch.no_grad()
-def head_probabilities(heads, features, *, chunk_size=8192):
-    """Softmax of every head on ``features`` ``(N, D)``, shape ``(H, N, k)``."""
-    heads.eval()
-    device = next(heads.parameters()).device
-    out = [
-        heads(features[s : s + chunk_size].to(device).float()).softmax(dim=2)
-        for s in range(0, features.shape[0], chunk_size)
-    ]
-    return torch.cat(out, dim=1)
 
 
 @torch.no_grad()

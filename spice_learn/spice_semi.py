@@ -26,6 +26,8 @@ import copy
 import itertools
 import math
 import time
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,12 +38,47 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batch_augment import contrastive_augment, weak_augment
-from .heads import MultiHeadClassifier
+from .embedding import embed_images
+from .heads import MultiHeadClassifier, head_probabilities
 from .image_stream import image_batches
 from .losses import fixmatch_loss, semi_loss  # noqa: F401  (fixmatch_loss: re-exported)
+from .neighbors import nearest_neighbors, reliability_scores
 from .runtime import autocast_dtype, compiled, derived_seed, isolated_rng
 
-__all__ = ["train_semi_head", "finetune"]
+__all__ = ["SEMI_LEARNING_RATES", "SemiSettings", "SemiResult", "default_semi_learning_rate",
+           "reliability_neighbors", "reliable_samples", "run_spice_semi", "train_semi_head",
+           "finetune"]
+
+#: ``semi_learning_rate="auto"``: Adam for the "head" mode, SGD (FixMatch) for "finetune".
+SEMI_LEARNING_RATES = {"head": 1e-3, "finetune": 0.03}
+
+
+def default_semi_learning_rate(mode):
+    """``semi_learning_rate="auto"`` of the ``mode`` ("head" or "finetune")."""
+    return SEMI_LEARNING_RATES.get(mode)
+
+
+# --------------------------------------------------------------------- reliability
+def reliability_neighbors(n_neighbors, n_samples, n_clusters):
+    """``n_s``, the neighbours that vote on a sample's reliability.
+
+    "auto" (None) is the paper's 100, but at most a sixth of the average cluster;
+    any value is capped below the average cluster size (a larger neighbourhood
+    cannot agree with its cluster), and is at least 1. On CIFAR-10 (5,000 images a
+    class) 100 neighbours are 2 % of a class; on sklearn digits (180 a class) they
+    would be more than half of it, and the sparse classes would get no reliable
+    sample at all.
+    """
+    if n_neighbors is None:
+        n_neighbors = min(100, n_samples // (6 * n_clusters))
+    return max(1, min(n_neighbors, n_samples // n_clusters - 1))
+
+
+def reliable_samples(neighbors, labels, threshold):
+    """Reliability scores (Eq. 5: share of the ``neighbors`` in the sample's cluster)
+    and the mask ``scores >= threshold``; rank 0's scores under torchrun."""
+    scores = distributed.broadcast_object(reliability_scores(neighbors, labels))
+    return scores, scores >= threshold
 
 
 def _step(optimizer, logits, labelled_targets, threshold, shares=None):
@@ -354,3 +391,155 @@ def _finetune(
         model.load_state_dict(ema.state_dict())
     model.eval().requires_grad_(False)
     return torch.stack(history).cpu().numpy()
+
+
+# --------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class SemiSettings:
+    """How SPICE-Semi runs: ``mode`` ("head" or "finetune"), ``n_neighbors`` (``n_s``,
+    resolved by :func:`reliability_neighbors`), ``reliability_threshold``
+    (``tau_c``), ``threshold`` (``tau``), ``steps`` and ``rounds``, ``max_time`` per
+    round, ``batch_size`` (``B``), ``mu``, ``learning_rate``, ``ema_decay``,
+    ``hidden_dim`` of the "head" classifier (None: the feature dimension), and the
+    embedding's ``embed_batch_size`` and ``compile`` ("finetune" embeds again)."""
+
+    mode: str = "head"
+    n_neighbors: int = 10
+    reliability_threshold: float = 0.95
+    threshold: float = 0.95
+    steps: int = 1000
+    rounds: int = 2
+    max_time: float | None = None
+    batch_size: int = 64
+    mu: int = 7
+    learning_rate: float = 1e-3
+    ema_decay: float = 0.999
+    hidden_dim: int | None = None
+    embed_batch_size: int = 256
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class SemiResult:
+    """Result of :func:`run_spice_semi`: the ``classifier`` and the ``features`` it
+    was trained for, the ``reliability`` scores and ``reliable`` mask at the start
+    of the last kept round (of round 1 when none was kept), and the steps'
+    ``history`` of the kept rounds (None when none was kept)."""
+
+    classifier: MultiHeadClassifier
+    features: torch.Tensor
+    reliability: np.ndarray
+    reliable: np.ndarray
+    history: np.ndarray | None
+
+
+def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, seed, device,
+                   extractor=None, images=None, flip=False, verbose=0, log=None):
+    """SPICE-Semi rounds after SPICE-Self.
+
+    Each round scores every sample's reliability against the current clusters
+    (:func:`reliable_samples`), refines the classifier on the reliable ones and
+    hands its clusters to the next round (self-training: a fresh classifier in the
+    "head" mode; the same backbone and classifier go on in "finetune";
+    ``benchmarks/run_semi_rounds.py`` compares 1 and 2 rounds). A round that leaves a non-empty cluster
+    empty is undone and ends SPICE-Semi (a label-free check: ``n_clusters`` is the
+    user's choice); so does a round without reliable samples (with a warning).
+
+    Parameters
+    ----------
+    cache : ViewCache
+    features : torch.Tensor of shape (N, D)
+        Original embeddings (the cache's original view).
+    classifier : MultiHeadClassifier
+        The selected SPICE-Self head ("finetune" trains it in place).
+    labels : ndarray of shape (N,)
+        SPICE-Self clusters.
+    neighbors : torch.Tensor of shape (N, n) or None
+        Neighbours sorted by similarity, ``n >= settings.n_neighbors`` (None: searched here).
+    settings : SemiSettings
+    seed : int
+        Round ``r`` uses ``seed + r``.
+    device : torch.device
+    extractor, images, flip
+        "finetune" only: the backbone (trained in place), the images and the flip setting.
+    verbose : int
+    log : callable or None
+        Called with one line per kept round.
+
+    Returns
+    -------
+    SemiResult
+    """
+    n_s, s = settings.n_neighbors, settings
+    if neighbors is not None:  # searched before (sorted by similarity): keep the n_s nearest
+        neighbors = neighbors[:, :n_s]
+    reliability = reliable = None
+    histories = []
+    for round_ in range(s.rounds):
+        kept = ("the SPICE-Self clustering is kept" if round_ == 0 else
+                f"the clustering of round {round_} is kept")
+        if neighbors is None:
+            neighbors = nearest_neighbors(features, n_s, device=device)
+        scores, mask = reliable_samples(neighbors, labels, s.reliability_threshold)
+        if round_ == 0:  # reported even when the round is not used
+            reliability, reliable = scores, mask
+        if not mask.any():
+            warnings.warn(
+                f"SPICE-Semi round {round_ + 1}: no sample has a reliability of at least "
+                f"reliability_threshold={s.reliability_threshold} among its {n_s} "
+                f"neighbours; {kept}.", UserWarning, stacklevel=4,
+            )
+            break
+        saved = None
+        if s.mode == "finetune":  # trained in place: keep a copy to go back to
+            saved = [{name: v.clone() for name, v in m.state_dict().items()}
+                     for m in (extractor.module, classifier)]
+        new_classifier, history = _refine(cache, classifier, labels, mask, s, seed + round_,
+                                          device, extractor, images, flip, verbose)
+        new_features = features
+        if saved is not None:  # the backbone changed: embed again, search again
+            new_features = embed_images(extractor, images, batch_size=s.embed_batch_size,
+                                        device=device, verbose=verbose, compile=s.compile)
+            neighbors = None  # (an undone round ends the loop, so this is never stale)
+        new_labels = distributed.broadcast_object(
+            head_probabilities(new_classifier, new_features)[0].argmax(dim=1).cpu().numpy())
+        before, after = len(np.unique(labels)), len(np.unique(new_labels))
+        if after < before:  # a label-free sign that the round went wrong
+            warnings.warn(
+                f"SPICE-Semi round {round_ + 1} emptied {before - after} of the {before} "
+                f"clusters it started from; {kept}.", UserWarning, stacklevel=4,
+            )
+            if saved is not None:
+                extractor.module.load_state_dict(saved[0])
+                classifier.load_state_dict(saved[1])
+            break
+        if log is not None:
+            log(f"SPICE-Semi ({s.mode}) round {round_ + 1}: {mask.mean():.1%} "
+                f"reliable samples ({n_s} neighbours), {len(history)} steps, "
+                f"{(new_labels != labels).mean():.1%} of the labels changed")
+        classifier, features, labels = new_classifier, new_features, new_labels
+        reliability, reliable = scores, mask
+        histories.append(history)
+    history = np.concatenate(histories) if histories else None
+    return SemiResult(classifier, features, reliability, reliable, history)
+
+
+def _refine(cache, classifier, labels, reliable, s, seed, device, extractor, images, flip,
+            verbose):
+    """One SPICE-Semi round's training: the refined one-head classifier and its history.
+
+    Under torchrun the "head" mode runs in every process on the same cache and
+    seed, and rank 0's result is broadcast (GPUs need not compute bit-identical
+    results); "finetune" is trained in DistributedDataParallel.
+    """
+    common = dict(n_steps=s.steps, batch_size=s.batch_size, mu=s.mu, threshold=s.threshold,
+                  learning_rate=s.learning_rate, seed=seed, device=device,
+                  max_time=s.max_time, verbose=verbose)
+    if s.mode == "head":
+        head, history = train_semi_head(
+            cache, labels, reliable, n_clusters=classifier.n_clusters,
+            hidden_dim=s.hidden_dim or cache.original.shape[1], **common)
+        return distributed.broadcast_module(head), history
+    history = finetune(extractor, classifier, images, labels, reliable, ema_decay=s.ema_decay,
+                       flip=flip, compile=s.compile, **common)
+    return classifier, history

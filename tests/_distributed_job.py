@@ -11,7 +11,6 @@ import torch
 from _images import pattern_images
 
 import spice_learn.embedding
-import spice_learn.estimator
 import spice_learn.pretrain
 import spice_learn.spice_semi
 from spice_learn import SpiceClustering, distributed
@@ -26,6 +25,7 @@ from spice_learn.pretrain import (
     pretrain_simclr,
 )
 from spice_learn.spice_semi import finetune
+from spice_learn.view_cache import ViewSettings, build_view_cache
 
 CPU = torch.device("cpu")
 
@@ -120,12 +120,12 @@ def caches(folder):
     pretraining resumed from ``checkpoint_dir``, twice each."""
     folder = Path(folder)
     extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
-    params = {"n_weak_views": 1, "n_strong_views": 1, "cache_dtype": "float32",
-              "embed_batch_size": 16, "device": CPU}
+    views = ViewSettings(1, 1, "float32", embed_batch_size=16, cache_dir=folder / "views")
     out = {}
     for run in range(2):
-        cache, embedded = spice_learn.estimator._image_cache(
-            extractor, pattern_images(n=40), params, False, 5, 0, cache_dir=folder / "views")
+        built = build_view_cache(extractor, pattern_images(n=40), views, flip=False, seed=5,
+                                 device=CPU)
+        cache, embedded = built.cache, built.embedded
         out[f"views{run}"] = [cache.original[:], cache.weak[0][:], cache.strong[0][:]]
         out[f"embedded{run}"] = torch.tensor(embedded)
         history = pretrain_simclr(

@@ -17,7 +17,7 @@ from torch import nn
 from _images import random_pixels
 from _nets import TinyNet
 
-import spice_learn.estimator as estimator_module
+import spice_learn.view_cache as view_cache_module
 from spice_learn import SpiceClustering
 from spice_learn.disk_cache import DiskArray, atomic_path, fingerprint, tensor_bytes
 
@@ -39,13 +39,13 @@ def _model(**params):
 @pytest.fixture
 def embed_calls(monkeypatch):
     calls = []
-    real = estimator_module.embed_views
+    real = view_cache_module.embed_views
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("out"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "embed_views", counting)
+    monkeypatch.setattr(view_cache_module, "embed_views", counting)
     return calls
 
 
@@ -231,17 +231,17 @@ def test_other_images_use_another_file(tmp_path, embed_calls):
 
 
 def test_interrupted_embedding_leaves_no_cache(tmp_path, monkeypatch):
-    real = estimator_module.embed_views
+    real = view_cache_module.embed_views
 
     def interrupted(*args, out, **kwargs):
         out[0, 0:4] = torch.zeros(4, out.shape[2])  # part of the file is written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(estimator_module, "embed_views", interrupted)
+    monkeypatch.setattr(view_cache_module, "embed_views", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _model(cache_dir=tmp_path).fit(_images())
     assert _stored(tmp_path) == []
-    monkeypatch.setattr(estimator_module, "embed_views", real)
+    monkeypatch.setattr(view_cache_module, "embed_views", real)
     _same_fit(_model(cache_dir=tmp_path).fit(_images()), _model().fit(_images()))
 
 

@@ -3,6 +3,7 @@
 import warnings
 import copy
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from sklearn.preprocessing import StandardScaler
 
 from _nets import TinyNet
 
-import spice_learn.estimator as estimator_module
+import spice_learn.spice_self as spice_self_module
+import spice_learn.spice_semi as spice_semi_module
+import spice_learn.view_cache as view_cache_module
 from spice_learn import SpiceClustering
 from spice_learn.backbones import build_backbone
 from spice_learn.metrics import cluster_accuracy
@@ -530,9 +533,13 @@ def test_bad_images_raise_and_leave_fitted_state(fitted_images, X_bad, error, ma
     assert_unchanged(est, snap)
 
 
-@pytest.mark.parametrize("stage", ["train_heads", "head_selection_losses", "train_scan_heads",
-                                   "scan_selection_losses", "_feature_cache",
-                                   "nearest_neighbors", "train_semi_head"])
+STAGES = {"train_heads": spice_self_module, "head_selection_losses": spice_self_module,
+          "train_scan_heads": spice_self_module, "scan_selection_losses": spice_self_module,
+          "feature_cache": view_cache_module, "nearest_neighbors": view_cache_module,
+          "train_semi_head": spice_semi_module}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
 def test_late_failure_leaves_fitted_state(fitted_precomputed, monkeypatch, stage):
     fitted, X = fitted_precomputed
     est = copy.deepcopy(fitted)
@@ -543,7 +550,7 @@ def test_late_failure_leaves_fitted_state(fitted_precomputed, monkeypatch, stage
     def boom(*args, **kwargs):
         raise RuntimeError(f"{stage} failed")
 
-    monkeypatch.setattr(estimator_module, stage, boom)
+    monkeypatch.setattr(STAGES[stage], stage, boom)
     with pytest.raises(RuntimeError, match=stage):
         est.fit(X)
     assert_unchanged(est, snap)
@@ -621,13 +628,13 @@ def test_semi_head_sets_reliability_and_refines():
 def test_semi_uses_only_reliable_labels(monkeypatch):
     X, _ = blobs(n=150)
     seen = {}
-    real = estimator_module.train_semi_head
+    real = spice_semi_module.train_semi_head
 
     def spy(cache, labels, reliable, **kwargs):
         seen["labels"], seen["reliable"] = labels.copy(), reliable.copy()
         return real(cache, labels, reliable, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "train_semi_head", spy)
+    monkeypatch.setattr(spice_semi_module, "train_semi_head", spy)
     est = fast_precomputed(n_neighbors=10, semi_steps=5, semi_rounds=1).fit(X)
     np.testing.assert_array_equal(seen["labels"], est.self_labels_)
     np.testing.assert_array_equal(seen["reliable"], est.reliable_mask_)
@@ -636,13 +643,13 @@ def test_semi_uses_only_reliable_labels(monkeypatch):
 def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
     X, _ = blobs(n=60)  # 3 clusters of 20: at most 19 neighbours can agree
     seen = {}
-    real = estimator_module.nearest_neighbors
+    real = view_cache_module.nearest_neighbors
 
     def spy(features, n_neighbors, **kwargs):
         seen["k"] = n_neighbors
         return real(features, n_neighbors, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "nearest_neighbors", spy)
+    monkeypatch.setattr(view_cache_module, "nearest_neighbors", spy)
     spice = {"head_objective": "spice"}  # searches for SPICE-Semi alone
     est = fast_precomputed(n_neighbors=100, semi_steps=5, **spice).fit(X)
     assert seen["k"] == est.n_neighbors_ == 60 // N_CENTERS - 1
@@ -656,13 +663,13 @@ def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
 def test_scan_and_semi_share_one_neighbour_search(monkeypatch):
     X, _ = blobs(n=600)  # average cluster 200: SCAN wants 20 neighbours, SPICE-Semi 33
     calls = []
-    real = estimator_module.nearest_neighbors
+    real = view_cache_module.nearest_neighbors
 
     def spy(features, n_neighbors, **kwargs):
         calls.append(n_neighbors)
         return real(features, n_neighbors, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "nearest_neighbors", spy)
+    monkeypatch.setattr(view_cache_module, "nearest_neighbors", spy)
     est = fast_precomputed(semi_steps=5).fit(X)
     assert calls == [max(20, est.n_neighbors_)] and est.n_neighbors_ == 600 // (6 * N_CENTERS)
     calls.clear()
@@ -673,15 +680,15 @@ def test_scan_and_semi_share_one_neighbour_search(monkeypatch):
 def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
     X, _ = blobs(n=150)
     calls = []
-    real = estimator_module.train_semi_head
+    real = spice_semi_module.train_semi_head
 
     def spy(cache, labels, reliable, **kwargs):
         head, history = real(cache, labels, reliable, **kwargs)
-        out = estimator_module.head_probabilities(head, cache.original)[0].argmax(dim=1)
+        out = spice_semi_module.head_probabilities(head, cache.original)[0].argmax(dim=1)
         calls.append((labels.copy(), reliable.copy(), out.numpy(), len(history)))
         return head, history
 
-    monkeypatch.setattr(estimator_module, "train_semi_head", spy)
+    monkeypatch.setattr(spice_semi_module, "train_semi_head", spy)
     est = fast_precomputed(n_neighbors=10, semi_steps=200, semi_rounds=3,
                            head_objective="spice").fit(X)
     assert len(calls) == 3
@@ -695,7 +702,7 @@ def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
 
 def test_no_reliable_sample_warns_and_keeps_spice_self(monkeypatch):
     X, _ = blobs()
-    monkeypatch.setattr(estimator_module, "reliability_scores",
+    monkeypatch.setattr(spice_semi_module, "reliability_scores",
                         lambda neighbors, labels: np.full(len(labels), 0.5))
     est = fast_precomputed(n_neighbors=10)
     with pytest.warns(UserWarning, match="SPICE-Self clustering is kept"):
@@ -781,7 +788,7 @@ def test_interrupted_fit_leaves_fitted_state(fitted_precomputed, monkeypatch, er
     def interrupt(*args, **kwargs):
         raise error()
 
-    monkeypatch.setattr(estimator_module, "train_semi_head", interrupt)  # the last stage
+    monkeypatch.setattr(spice_semi_module, "train_semi_head", interrupt)  # the last stage
     with pytest.raises(error):
         est.fit(X)
     assert_unchanged(est, snap)
@@ -790,7 +797,7 @@ def test_interrupted_fit_leaves_fitted_state(fitted_precomputed, monkeypatch, er
 def test_interrupted_first_fit_leaves_estimator_unfitted(monkeypatch):
     X, _ = blobs()
     est = fast_precomputed()
-    monkeypatch.setattr(estimator_module, "scan_selection_losses",
+    monkeypatch.setattr(spice_self_module, "scan_selection_losses",
                         lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         est.fit(X)
@@ -860,7 +867,7 @@ def test_cuda_fitted_model_predicts_in_a_process_without_cuda(tmp_path):
 def test_a_semi_round_that_empties_a_cluster_is_undone(monkeypatch):
     X, _ = blobs(n=150)
     calls = []
-    real = estimator_module.train_semi_head
+    real = spice_semi_module.train_semi_head
 
     def spy(cache, labels, reliable, **kwargs):
         head, history = real(cache, labels, reliable, **kwargs)
@@ -868,11 +875,11 @@ def test_a_semi_round_that_empties_a_cluster_is_undone(monkeypatch):
             with torch.no_grad():
                 head.w2.zero_()
                 head.b2.copy_(torch.tensor([[5.0] + [0.0] * (head.b2.shape[1] - 1)]))
-        calls.append(estimator_module.head_probabilities(head, cache.original)[0]
+        calls.append(spice_semi_module.head_probabilities(head, cache.original)[0]
                      .argmax(dim=1).numpy())
         return head, history
 
-    monkeypatch.setattr(estimator_module, "train_semi_head", spy)
+    monkeypatch.setattr(spice_semi_module, "train_semi_head", spy)
     est = fast_precomputed(n_neighbors=10, semi_steps=200, semi_rounds=3)
     with pytest.warns(UserWarning, match="round 2 emptied .* clustering of round 1 is kept"):
         est.fit(X)
@@ -932,3 +939,39 @@ def test_empty_clusters_are_reported():
                         "is assigned to them. The data may hold fewer groups than asked for, "
                         "or the embedding does not separate them; try head_objective='scan' "
                         "(its entropy term keeps clusters in use) or fewer clusters."]
+
+
+# ------------------------------------------------------------ thread-safe inference
+@pytest.mark.parametrize("kind", ["images", "precomputed"])
+def test_two_threads_predict_with_one_model(fitted_images, fitted_precomputed, monkeypatch, kind):
+    fitted, X = fitted_images if kind == "images" else fitted_precomputed
+    model = copy.deepcopy(fitted)
+    expected, embedded = model.predict_proba(X), model.transform(X)
+    module = None if model.backbone_ is None else model.backbone_.module
+    weights = None if module is None else {k: v.clone() for k, v in module.state_dict().items()}
+    thread_changes = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads",
+                        lambda n: (thread_changes.append(n), real_set(n)))
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = [(model.predict_proba(X), model.transform(X)) for _ in range(3)]
+        except BaseException as error:  # reported below, in the main thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors and len(results) == 2
+    for proba, emb in (pair for runs in results.values() for pair in runs):
+        np.testing.assert_array_equal(proba, expected)
+        np.testing.assert_array_equal(emb, embedded)
+    assert thread_changes == []  # no process-wide setting changed, per batch or per call
+    if module is not None:  # the fitted backbone itself was used, neither moved nor changed
+        assert model.backbone_.module is module and not module.training
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, weights[key]) and value.device.type == "cpu"
