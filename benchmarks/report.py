@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -33,3 +38,45 @@ def write_section(key, markdown):
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
     return DOC
+
+
+def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, section, table,
+                  worker, summary):
+    """The command line every ``run_*.py`` over data sets and seeds shares.
+
+    Each (data set, seed) runs ``script --worker NAME --seeds SEED`` in a fresh process,
+    one after another, and prints the load average first. A worker prints one
+    ``RESULT {json}`` line; results are merged into ``results_file`` (keyed by data set
+    and seed) and ``table(results)`` is written to the ``section`` of
+    docs/benchmarks.md after each run. ``summary(info)`` is the one line printed.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(loaders), choices=list(loaders))
+    parser.add_argument("--seeds", type=int, nargs="+", default=default_seeds)
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the docs/benchmarks.md section from the stored results")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.seeds[0])
+    results = json.loads(results_file.read_text()) if results_file.exists() else []
+    if args.table_only:
+        print(f"wrote {write_section(section, table(results))}")
+        return None
+    print(f"machine: {machine()}", flush=True)
+    for name in args.datasets:
+        for seed in args.seeds:
+            print(f"{name}, seed {seed}: load average {os.getloadavg()[0]:.2f} ...", flush=True)
+            out = subprocess.run([sys.executable, script, "--worker", name, "--seeds",
+                                  str(seed)], capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                print(out.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{name} (seed {seed}) failed")
+            info = json.loads(line[-1][len("RESULT "):])
+            print("  " + summary(info), flush=True)
+            results = [r for r in results if (r["dataset"], r["seed"]) != (name, seed)] + [info]
+            results_file.parent.mkdir(parents=True, exist_ok=True)
+            results_file.write_text(json.dumps(results, indent=1))
+            print(f"wrote {write_section(section, table(results))}", flush=True)
+    return None

@@ -20,7 +20,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets as data  # noqa: E402
-from report import machine, write_section  # noqa: E402
+from report import machine, run_benchmark  # noqa: E402
 
 #: name -> (loader, description, role). Defaults were chosen on the "development" sets;
 #: the "held out" ones only report them.
@@ -153,38 +152,16 @@ def table(results):
     return "\n".join(lines)
 
 
+def _summary(info):
+    rows = info["rows"]
+    return ("; ".join(f"{m}: ACC {v['acc']:.3f}" for m, v in rows.items())
+            + f"; fit {rows['SpiceClustering (default)']['seconds']:.0f} s")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(LOADERS), choices=list(LOADERS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--table-only", action="store_true",
-                        help="rewrite the docs/benchmarks.md section from the stored results")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return worker(args.worker, args.seeds[0])
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    if args.table_only:
-        print(f"wrote {write_section('datasets', table(results))}")
-        return None
-    print(f"machine: {machine()}", flush=True)
-    for name in args.datasets:
-        for seed in args.seeds:
-            print(f"{name}, seed {seed}: load average {os.getloadavg()[0]:.2f} ...", flush=True)
-            out = subprocess.run([sys.executable, __file__, "--worker", name, "--seeds",
-                                  str(seed)], capture_output=True, text=True)
-            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            if out.returncode != 0 or not line:
-                print(out.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{name} (seed {seed}) failed")
-            info = json.loads(line[-1][len("RESULT "):])
-            rows = info["rows"]
-            print("  " + "; ".join(f"{m}: ACC {v['acc']:.3f}" for m, v in rows.items())
-                  + f"; fit {rows['SpiceClustering (default)']['seconds']:.0f} s", flush=True)
-            results = [r for r in results if (r["dataset"], r["seed"]) != (name, seed)] + [info]
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=1))
-            print(f"wrote {write_section('datasets', table(results))}", flush=True)
+    return run_benchmark(argv, script=__file__, doc=__doc__, loaders=LOADERS,
+                         default_seeds=[0, 1, 2], results_file=RESULTS, section="datasets",
+                         table=table, worker=worker, summary=_summary)
 
 
 if __name__ == "__main__":

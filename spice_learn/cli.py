@@ -70,6 +70,7 @@ def _cluster(args):
     from pathlib import Path
 
     from . import SpiceClustering
+    from .cluster_count import AUTO_MAX_CLUSTERS
     from .image_input import list_image_files, read_image_files
 
     root, out = Path(args.directory), Path(args.out)
@@ -85,11 +86,16 @@ def _cluster(args):
     images, readable, failures = read_image_files(paths)
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    if len(images) < max(2, args.n_clusters):
+    auto = args.n_clusters == "auto"
+    needed = 4 if auto else max(2, args.n_clusters)
+    if len(images) < needed:
         print(f"error: {len(images)} readable images under {root}, need at least "
-              f"{max(2, args.n_clusters)} for {args.n_clusters} clusters.", file=sys.stderr)
+              f"{needed} for {args.n_clusters} clusters.", file=sys.stderr)
         return 2
-    print(f"clustering {len(images)} images from {root} into {args.n_clusters} clusters "
+    into = ("a number of clusters chosen from 2 to "
+            f"{min(AUTO_MAX_CLUSTERS, len(images) // 2)}" if auto
+            else f"{args.n_clusters} clusters")
+    print(f"clustering {len(images)} images from {root} into {into} "
           f"({len(failures)} unreadable files skipped) ...", flush=True)
     model = SpiceClustering(
         args.n_clusters, backbone=args.backbone, weights=args.weights,
@@ -119,7 +125,7 @@ def _cluster(args):
     try:
         from .plotting import plot_cluster_grid
 
-        fig = plot_cluster_grid(images, model.labels_, confidence, n_clusters=args.n_clusters,
+        fig = plot_cluster_grid(images, model.labels_, confidence, n_clusters=model.n_clusters_,
                                 title=f"{root.name}: most confident images per cluster")
         fig.savefig(out / "overview.png", dpi=100)
         written.append(out / "overview.png")
@@ -139,7 +145,10 @@ def _cluster(args):
                 os.symlink(os.path.abspath(path), target)
             else:
                 shutil.copy2(path, target)
-    sizes = np.bincount(model.labels_, minlength=args.n_clusters)
+    sizes = np.bincount(model.labels_, minlength=model.n_clusters_)
+    if auto:
+        print(f"chose {model.n_clusters_} clusters (highest silhouette: "
+              + ", ".join(f"{k}: {v:.3f}" for k, v in model.n_clusters_scores_.items()) + ")")
     print(f"done in {time.perf_counter() - start:.0f} s; cluster sizes: {sizes.tolist()}")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -147,6 +156,15 @@ def _cluster(args):
 
 def _epochs(text):
     return text if text == "auto" else int(text)
+
+
+def _n_clusters(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {text!r}") from None
 
 
 def _add_verbosity(parser):
@@ -197,8 +215,9 @@ def build_parser():
         "Unreadable files are reported, listed in OUT/skipped.csv and skipped.",
     )
     cluster.add_argument("directory", help="folder of images")
-    cluster.add_argument("--n-clusters", "-k", type=int, required=True,
-                         help="number of clusters")
+    cluster.add_argument("--n-clusters", "-k", type=_n_clusters, required=True,
+                         help="number of clusters, or 'auto' to choose 2-20 without labels "
+                         "(highest silhouette of the candidates' clusterings)")
     cluster.add_argument("--out", "-o", default="spice_clusters",
                          help="output folder (default: spice_clusters)")
     group = cluster.add_mutually_exclusive_group()

@@ -18,11 +18,12 @@ from sklearn.base import TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from .cluster_count import search_n_clusters
 from .representation import represent, resolve_flip
 from .settings import PARAMETER_CONSTRAINTS, check_settings, inference_device, n_jobs_threads
 from .settings import fitted_plan, resolve_settings, start_run
 from .spice_self import cluster_centers, fit_spice_self, head_probabilities, head_selection_losses
-from .spice_self import warn_empty_clusters
+from .spice_self import rescaled_ds_ce, warn_empty_clusters
 from .spice_semi import run_spice_semi
 from .view_cache import ViewSettings, as_inputs, build_view_cache, checked_features
 from .view_cache import neighbour_graph, original_embeddings
@@ -48,9 +49,12 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
     Parameters
     ----------
-    n_clusters : int, default=10
-        Number of clusters ``k`` (at most the number of samples; 1 is accepted and
-        puts every sample in cluster 0).
+    n_clusters : int, "auto" or iterable of int, default=10
+        Number of clusters ``k`` (at most the number of samples; 1 puts every
+        sample in cluster 0). "auto" chooses it from 2-20, an iterable (e.g.
+        ``range(5, 16)``) from its values, without labels: stage 1 and the views
+        run once, quick heads cluster for each candidate and the highest
+        silhouette wins (beyond SPICE; :mod:`spice_learn.cluster_count`).
     backbone : str, torch.nn.Module or FeatureExtractor, default="auto"
         A timm model name; ``"auto"`` (``"spice_convnet4"`` at 16 px on the CPU; on
         CUDA up to 28 px, else ``"resnet18"``: :mod:`spice_learn.representation`); a
@@ -70,8 +74,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         n_samples)`` clipped to 15-60
         (:func:`spice_learn.representation.default_pretrain_epochs`).
     pretrain_time : float or None, default=None
-        Wall-clock budget for pretraining in seconds (None: no budget); with a
-        budget the result depends on the machine's speed.
+        Wall-clock budget for pretraining in seconds (None: none; results then
+        depend on the machine's speed).
     pretrain_batch_size : int or "auto", default="auto"
         Images per pretraining step (two views each).
     pretrain_learning_rate : float or "auto", default="auto"
@@ -135,8 +139,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         the heads read their minibatches from it. Only fits with an int
         ``random_state`` reuse a file. See :mod:`spice_learn.view_cache`.
     n_jobs : int or None, default=None
-        Torch CPU threads during ``fit``, ``predict``, ``transform`` and
-        ``score`` (-1: all cores; None: leave torch's setting alone).
+        Torch CPU threads in every method (-1: all cores; None: torch's setting).
     semi : {"head", "finetune"} or None, default="head"
         SPICE-Semi (paper section 3.3): after SPICE-Self, samples whose
         neighbourhood agrees with their cluster become labelled data for a
@@ -156,7 +159,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ``tau``: unlabelled samples count only when their weak-view confidence
         reaches this.
     semi_steps : int, default=1000
-        Gradient steps of each SPICE-Semi round.
+        Gradient steps per SPICE-Semi round.
     semi_rounds : int, default=2
         SPICE-Semi rounds (the paper runs one); each further round takes the
         reliable samples from the previous round's clusters and trains again.
@@ -187,8 +190,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     ``labels_`` and ``predict`` use the original (unaugmented) images, as in line
     27 of Algorithm 1; pseudo-labelling and head selection use weak views.
 
-    Under torchrun every process must call ``fit``, ``predict``,
-    ``predict_proba``, ``transform`` and ``score`` together and with the same
+    Under torchrun every process must call each method together with the same
     ``X``: ValueError is raised in every process when the images differ.
 
     Attributes
@@ -225,7 +227,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     semi_history_ : ndarray of shape (n_steps, 3) or None
         Per SPICE-Semi step of all rounds: supervised loss, unlabelled loss and
         share of unlabelled samples above ``semi_threshold``.
-    cluster_centers_ : ndarray of shape (n_clusters, D)
+    n_clusters_ : int
+        The number of clusters used (the chosen one with "auto" or candidates).
+    n_clusters_scores_ : dict or None
+        Candidate ``k`` to its silhouette (None for an int ``n_clusters``).
+    cluster_centers_ : ndarray of shape (n_clusters_, D)
         Prototypes (Eq. 2) in the L2-normalised embedding space (not the input space).
     n_features_in_ : int
         Number of features (``backbone="precomputed"`` only).
@@ -301,10 +307,15 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         built = build_view_cache(extractor, inputs, settings.views, flip=flip,
                                  seed=run.seeds.views, device=run.device, verbose=run.verbose,
                                  log=run.log)
-        cache = built.cache
-        neighbors = neighbour_graph(cache, settings.neighbours_needed(self.n_clusters),
-                                    run.device)
-        spice_self = fit_spice_self(cache, neighbors, self.n_clusters, settings.heads,
+        cache, scores = built.cache, None
+        neighbors = neighbour_graph(cache, settings.neighbours_needed(), run.device)
+        k = settings.n_clusters
+        if not isinstance(k, int):  # "auto" or candidates: quick heads score each, then k
+            search = search_n_clusters(cache, neighbors, k, settings.heads, seed=run.seeds.heads,
+                                       device=run.device, log=run.log)
+            k, scores = search.best, search.scores_by_k()
+            settings = resolve_settings(params, device, settings.n_samples, n_clusters=k)
+        spice_self = fit_spice_self(cache, neighbors, k, settings.heads,
                                     seed=run.seeds.heads, device=run.device,
                                     verbose=run.verbose, log=run.log)
         classifier, features, semi = spice_self.classifier, cache.original[:], None
@@ -316,10 +327,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             classifier, features = semi.classifier, semi.features
         labels, centers = cluster_centers(classifier, features, self.confidence_ratio)
         # Everything succeeded: only now touch the estimator's state.
-        self._set_fitted(stage1, spice_self, classifier, labels, centers, semi, settings)
+        self._set_fitted(stage1, spice_self, classifier, labels, centers, semi, settings, scores)
         return self
 
-    def _set_fitted(self, stage1, spice_self, classifier, labels, centers, semi, settings):
+    def _set_fitted(self, stage1, spice_self, classifier, labels, centers, semi, settings, scores):
         extractor = None if stage1 is None else stage1.extractor
         if extractor is not None:
             extractor.module.cpu()
@@ -334,7 +345,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             semi is None) else (semi.reliability, semi.reliable, semi.history)
         self.n_neighbors_ = None if semi is None else settings.semi.n_neighbors
         self.plan_ = fitted_plan(settings, stage1, spice_self.history.shape[0])
-        warn_empty_clusters(labels, self.n_clusters, stacklevel=4)
+        self.n_clusters_, self.n_clusters_scores_ = settings.n_clusters, scores
+        warn_empty_clusters(labels, self.n_clusters_, stacklevel=4)
         if extractor is None:
             self.n_features_in_ = int(centers.shape[1])
         elif hasattr(self, "n_features_in_"):
@@ -368,11 +380,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     def score(self, X, y=None):
         """Label-free quality of the clustering of ``X``: higher is better.
 
-        The classifier's DS-CE on ``X`` (SPICE-Self's head-selection criterion with
-        ``M = N`` and ``r = 0.5``) rescaled to ``1 - (L - L_min) / (log k - L_min)``
-        with ``L_min = log(e + k - 1) - 1``: 1 for one-hot predictions of every
-        pseudo-label, 0 for uniform ones, comparable across ``n_clusters``. ``y``
-        is ignored: ``GridSearchCV`` can tune without labels.
+        The classifier's DS-CE on ``X`` (SPICE-Self's head-selection criterion,
+        ``M = N``, ``r = 0.5``) rescaled by :func:`~spice_learn.spice_self.rescaled_ds_ce`:
+        1 for one-hot predictions of every pseudo-label, 0 for uniform ones.
+        ``y`` is ignored: ``GridSearchCV`` can tune without labels.
 
         Parameters
         ----------
@@ -399,11 +410,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                                  device=inference_device(self.device), shared=True).cache
         loss = float(head_selection_losses(self.classifier_, cache,
                                            confidence_ratio=SCORE_CONFIDENCE_RATIO)[0])
-        k = self.n_clusters
-        if k == 1:  # one cluster: every prediction is trivially one-hot
-            return 1.0
-        best = np.log(np.e + k - 1) - 1
-        return 1.0 - (loss - best) / (np.log(k) - best)
+        return rescaled_ds_ce(loss, self.n_clusters_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -424,23 +431,15 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
         Returns
         -------
-        proba : ndarray of shape (n_samples, n_clusters)
+        proba : ndarray of shape (n_samples, n_clusters_)
         """
         check_is_fitted(self, "classifier_")
         with n_jobs_threads(self.n_jobs):
             return head_probabilities(self.classifier_, self._embed(X))[0].cpu().numpy()
 
     def predict(self, X):
-        """Cluster of each sample (argmax of :meth:`predict_proba`).
-
-        Parameters
-        ----------
-        X : images or features
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
+        """Cluster of each sample of ``X`` (images or features), the argmax of
+        :meth:`predict_proba`, as an ndarray of shape (n_samples,)."""
         return self.predict_proba(X).argmax(axis=1)
 
     def _embed(self, X):

@@ -29,6 +29,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, make_constrain
 
 from . import distributed
 from .backbones import FeatureExtractor, check_model_name
+from .cluster_count import check_n_clusters
 from .representation import Stage1Settings, wants_pretraining
 from .runtime import torch_threads, usable_device
 from .scan_heads import scan_neighbors
@@ -48,7 +49,7 @@ _PATH = [None, str, os.PathLike]
 
 #: What every parameter of :class:`~spice_learn.SpiceClustering` accepts.
 PARAMETER_CONSTRAINTS = {
-    "n_clusters": [_POSITIVE_INT],
+    "n_clusters": [_POSITIVE_INT, _AUTO, "array-like"],  # candidates: checked in resolve
     "backbone": [str, torch.nn.Module, FeatureExtractor],
     "weights": _PATH,
     "pretrain": [StrOptions({"auto", "simclr"}), None],
@@ -177,10 +178,15 @@ class Settings:
     precomputed: bool
     n_jobs: int | None
     n_samples: int
+    n_clusters: int | tuple = 10
 
-    def neighbours_needed(self, n_clusters):
+    def neighbours_needed(self, n_clusters=None):
         """Neighbours per sample one search must find for SPICE-Self ("scan" heads) and
-        SPICE-Semi's reliability together (each takes the nearest ones; 0: none)."""
+        SPICE-Semi's reliability together (each takes the nearest ones; 0: none); by
+        default for the smallest of the candidate numbers of clusters, which needs
+        the most."""
+        if n_clusters is None:
+            n_clusters = self.n_clusters if isinstance(self.n_clusters, int) else self.n_clusters[0]
         n_scan = (scan_neighbors(self.n_samples, n_clusters)
                   if self.heads.objective == "scan" else 0)
         return max(n_scan, self.semi.n_neighbors if self.semi is not None else 0)
@@ -225,7 +231,7 @@ def check_settings(params):
     """Check ``params`` (``get_params()`` of the estimator) before any image is read:
     each parameter alone, then the combinations; returns the device to run on."""
     check_parameters(params, PARAMETER_CONSTRAINTS)
-    if not isinstance(params["batch_size"], str):
+    if not isinstance(params["batch_size"], str) and isinstance(params["n_clusters"], Integral):
         check_int(params["batch_size"], "batch_size", params["n_clusters"])
     stage1, device = check_stage1(params)
     precomputed = params["backbone"] == "precomputed"
@@ -249,20 +255,26 @@ def _check_world_size(params, stage1):
                              f"under torchrun; got {params[name]}.")
 
 
-def resolve_settings(params, device, n_samples):
+def resolve_settings(params, device, n_samples, n_clusters=None):
     """The frozen :class:`Settings` of checked ``params`` for ``n_samples`` samples.
 
-    Raises ValueError for fewer than 2 samples or more clusters than samples.
+    ``n_clusters`` (default: the parameter) is resolved by
+    :func:`~spice_learn.cluster_count.check_n_clusters` to an int or a tuple of
+    candidates; with candidates, SPICE-Semi's neighbours are resolved for the
+    smallest one (call again with the chosen ``k``). Raises ValueError for fewer
+    than 2 samples or more clusters than samples.
     The "auto" values that need only the parameters and ``n_samples`` are resolved
     here (views, the reliability neighbours); those that depend on the number of
     clusters too are resolved by :meth:`~spice_learn.spice_self.HeadSettings.resolved`,
     so that one :class:`Settings` serves several ``n_clusters``.
     """
-    k, p = params["n_clusters"], params
+    p = params
     if n_samples < 2:
         raise ValueError(f"X must hold at least 2 samples to cluster; got n_samples={n_samples}.")
-    if k > n_samples:
-        raise ValueError(f"n_clusters={k} must be <= n_samples={n_samples}.")
+    candidates = check_n_clusters(p["n_clusters"] if n_clusters is None else n_clusters, n_samples)
+    k = candidates if isinstance(candidates, int) else candidates[0]
+    if not isinstance(candidates, int) and not isinstance(p["batch_size"], str):
+        check_int(p["batch_size"], "batch_size", candidates[-1])
     n_weak, n_strong = default_n_views(n_samples)
     hidden = p["hidden_dim"]
     views = ViewSettings(n_weak=_auto(p["n_weak_views"]) or n_weak,
@@ -285,7 +297,8 @@ def resolve_settings(params, device, n_samples):
         embed_batch_size=p["embed_batch_size"], compile=bool(p["compile"]))
     return Settings(stage1=stage1_settings(p), views=views, heads=heads, semi=semi,
                     device=device, precomputed=p["backbone"] == "precomputed",
-                    n_jobs=check_n_jobs(p["n_jobs"]), n_samples=n_samples)
+                    n_jobs=check_n_jobs(p["n_jobs"]), n_samples=n_samples,
+                    n_clusters=candidates)
 
 
 def fitted_plan(settings, stage1, head_epochs):

@@ -51,6 +51,7 @@ __all__ = [
     "head_probabilities",
     "cluster_centers",
     "warn_empty_clusters",
+    "rescaled_ds_ce",
 ]
 
 #: ``max_epochs="auto"`` with ``head_objective="spice"`` (the paper's 100 epochs).
@@ -200,6 +201,18 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
         log(f"SPICE-Self ({s.objective} heads): selected head {best} of {s.n_heads} "
             f"({name} {losses[best]:.4f}; all heads {losses.min():.4f}-{losses.max():.4f})")
     return SpiceSelfResult(heads, losses, best, classifier, labels, history, s)
+
+
+def rescaled_ds_ce(loss, n_clusters):
+    """A DS-CE selection loss as a score comparable across ``n_clusters``:
+    ``1 - (L - L_min) / (log k - L_min)`` with ``L_min = log(e + k - 1) - 1``, so 1
+    for one-hot predictions of every pseudo-label and 0 for uniform ones (1 when
+    ``k = 1``, where every prediction is one-hot)."""
+    k = n_clusters
+    if k == 1:
+        return 1.0
+    best = np.log(np.e + k - 1) - 1
+    return float(1.0 - (loss - best) / (np.log(k) - best))
 
 
 def warn_empty_clusters(labels, n_clusters, stacklevel=2):

@@ -117,15 +117,38 @@ def test_cluster_shows_the_plan_and_progress_when_asked(tmp_path, capsys):
     assert "plan: spice_convnet4" in err and "pretraining (SimCLR)" in err
 
 
-def test_cluster_separates_obviously_different_images(tmp_path):
-    root = _make_folder(tmp_path)
-    out = tmp_path / "out"
-    assert main(["cluster", str(root), "-k", "2", "--out", str(out), *FAST, "-q"]) == 0
+def _pairs_kept_together(out):
+    """Pairs of same-kind images in one cluster, all same-kind pairs, and the clusters."""
     with open(out / "clusters.csv") as f:
         rows = list(csv.DictReader(f))
     side = {r["path"]: int(r["path"][-6:-4]) % 2 for r in rows}  # bright left / right
     clusters = {r["path"]: r["cluster"] for r in rows}
     agree = sum(clusters[p] == clusters[q] for p in side for q in side if side[p] == side[q])
     total = sum(1 for p in side for q in side if side[p] == side[q])
+    return agree, total, set(clusters.values())
+
+
+def test_cluster_separates_obviously_different_images(tmp_path):
+    root = _make_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["cluster", str(root), "-k", "2", "--out", str(out), *FAST, "-q"]) == 0
+    agree, total, clusters = _pairs_kept_together(out)
     assert agree == total  # each kind in one cluster
-    assert len(set(clusters.values())) == 2
+    assert len(clusters) == 2
+
+
+def test_cluster_auto_finds_the_two_kinds(tmp_path, capsys):
+    root = _make_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["cluster", str(root), "--n-clusters", "auto", "--out", str(out), *FAST,
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "chose 2 clusters" in printed and "silhouette" in printed
+    agree, total, clusters = _pairs_kept_together(out)
+    assert agree == total and len(clusters) == 2
+
+
+def test_cluster_rejects_a_bad_n_clusters(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["cluster", str(tmp_path), "--n-clusters", "many"])
+    assert "expected an int or 'auto'" in capsys.readouterr().err

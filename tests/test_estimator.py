@@ -1,7 +1,9 @@
 """Tests of the scikit-learn API of spice_learn.SpiceClustering (fast settings only)."""
 
-import warnings
+import contextlib
 import copy
+import io
+import warnings
 import pickle
 import threading
 
@@ -58,9 +60,10 @@ def images(n=N_IMAGES, size=8, seed=0):
 
 
 def fast_precomputed(**kwargs):
-    params = dict(backbone="precomputed", n_heads=3, max_epochs=5, semi_steps=20, random_state=0)
+    params = dict(n_clusters=N_CENTERS, backbone="precomputed", n_heads=3, max_epochs=5,
+                  semi_steps=20, random_state=0)
     params.update(kwargs)
-    return SpiceClustering(N_CENTERS, **params)
+    return SpiceClustering(**params)
 
 
 def fast_images(**kwargs):
@@ -975,3 +978,83 @@ def test_two_threads_predict_with_one_model(fitted_images, fitted_precomputed, m
         assert model.backbone_.module is module and not module.training
         for key, value in module.state_dict().items():
             assert torch.equal(value, weights[key]) and value.device.type == "cpu"
+
+
+# ------------------------------------------------------- n_clusters="auto"
+def separated_groups(n_groups, per_group=40, dim=16, seed=0):
+    """Tight groups around random directions: their number is plain to any criterion."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_groups, dim)) * 3
+    y = np.repeat(np.arange(n_groups), per_group)
+    return (centers[y] + 0.3 * rng.normal(size=(len(y), dim))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("n_groups", [3, 5])
+def test_auto_finds_the_number_of_separated_groups(n_groups):
+    X, y = separated_groups(n_groups)
+    est = fast_precomputed(n_clusters="auto", max_epochs="auto", semi=None).fit(X)
+    assert est.n_clusters_ == n_groups
+    assert list(est.n_clusters_scores_) == list(range(2, 21))
+    assert max(est.n_clusters_scores_, key=est.n_clusters_scores_.get) == n_groups
+    assert est.predict_proba(X).shape == (len(X), n_groups)
+    assert est.cluster_centers_.shape[0] == n_groups
+    assert cluster_accuracy(y, est.labels_) > 0.95
+    assert est.n_clusters == "auto"  # the parameter is left as given
+    assert 0.0 <= est.score(X) <= 1.0
+
+
+def test_explicit_candidates_and_int_n_clusters():
+    X, _ = separated_groups(3)
+    est = fast_precomputed(n_clusters=range(4, 7)).fit(X)
+    assert list(est.n_clusters_scores_) == [4, 5, 6]
+    assert est.n_clusters_ in (4, 5, 6)
+    fixed = fast_precomputed(n_clusters=3).fit(X)
+    assert fixed.n_clusters_ == 3 and fixed.n_clusters_scores_ is None
+
+
+def test_auto_embeds_each_image_once_per_cached_view():
+    n, a, b = 24, 1, 1
+    X = images(n=n)
+    probe = _probe_size()
+    CountingNet.reset()
+    est = SpiceClustering(
+        "auto", backbone=CountingNet(), n_heads=2, max_epochs=2, n_weak_views=a,
+        n_strong_views=b, semi_steps=5, device="cpu", random_state=0, verbose=1,
+    )
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        est.fit(X)
+    assert CountingNet.seen[0] - probe == n * (1 + a + b)  # not once per candidate
+    assert len(est.n_clusters_scores_) == n // 2 - 1
+    assert err.getvalue().count("silhouette") == n // 2 - 1
+
+
+def test_auto_is_reproducible_and_clonable():
+    from sklearn.model_selection import GridSearchCV
+
+    X, _ = separated_groups(3)
+    a = fast_precomputed(n_clusters="auto").fit(X)
+    b = clone(a).fit(X)
+    assert a.n_clusters_ == b.n_clusters_
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert clone(fast_precomputed(n_clusters=range(2, 5))).get_params()["n_clusters"] == range(2, 5)
+    search = GridSearchCV(fast_precomputed(), {"n_clusters": ["auto", 2]}, cv=2).fit(X)
+    assert search.best_params_["n_clusters"] in ("auto", 2)
+
+
+@pytest.mark.parametrize("value, error, match", [
+    ([], ValueError, "empty"),
+    ([1, 2], ValueError, ">= 2"),
+    (range(2, 40), ValueError, "too large for 40 samples"),
+    ("many", ValueError, "n_clusters must be an int or 'auto'"),
+    ([2, "3"], TypeError, "candidates must be ints"),
+])
+def test_bad_candidates_leave_the_model_unchanged(fitted_precomputed, value, error, match):
+    est, _ = fitted_precomputed
+    est = copy.deepcopy(est)
+    snap = snapshot(est)
+    X, _ = separated_groups(1, per_group=40)
+    with pytest.raises(error, match=match):
+        est.set_params(n_clusters=value).fit(X)
+    est.set_params(n_clusters=N_CENTERS)
+    assert_unchanged(est, snap)
