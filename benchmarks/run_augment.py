@@ -38,7 +38,7 @@ def main():
     import kornia
     import kornia.augmentation as K
 
-    from spice_learn.batch_augment import contrastive_augment
+    from spice_learn.ssl_augment import contrastive_augment
 
     rows = []
     for size in (16, 32):

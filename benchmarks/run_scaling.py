@@ -142,7 +142,7 @@ def worker(stage, n, device, args):
     import torch
     from run_throughput import _timed, pretrain_seconds
 
-    from spice_learn.augment import strong_transform, weak_transform
+    from spice_learn.cache_augment import strong_transform, weak_transform
     from spice_learn.disk_cache import DiskArray
     from spice_learn.embedding import ViewCache, cache_nbytes, embed_images, embed_views
     from spice_learn.neighbors import nearest_neighbors

@@ -60,7 +60,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         CUDA up to 28 px, else ``"resnet18"``: :mod:`spice_learn.representation`); a
         module mapping normalised ``(B, 3, H, W)`` images to ``(B, D)`` features; a
         fitted model's ``backbone_``; or ``"precomputed"``: ``X`` is a 2-D feature
-        matrix, with feature-space views (:func:`spice_learn.augment.feature_views`).
+        matrix, with feature-space views (:func:`spice_learn.cache_augment.feature_views`).
     weights : None, "pretrained" or path-like, default=None
         Backbone weights: random initialisation (None), timm's pretrained zoo
         (``"pretrained"``, needs a network or a filled Hugging Face cache; fails

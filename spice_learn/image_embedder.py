@@ -42,7 +42,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     clusters images. In that form SpiceClustering's views are feature-space
     augmentations (noise and dropped dimensions, see
-    :func:`spice_learn.augment.feature_views`), not image augmentations; passing
+    :func:`spice_learn.cache_augment.feature_views`), not image augmentations; passing
     images straight to ``SpiceClustering`` keeps the image views of the paper.
 
     Parameters

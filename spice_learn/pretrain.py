@@ -13,7 +13,7 @@ the MoCo v2 of the paper:
 * one forward/backward path keeps the code short and deterministic on the CPU.
 
 MoCo v2 can be added later as another ``pretrain`` method behind the same
-function signature. Augmentations come from :mod:`spice_learn.batch_augment`,
+function signature. Augmentations come from :mod:`spice_learn.ssl_augment`,
 fitted to the input size (the SimCLR CIFAR recipe from 32 px, a gentler digit
 recipe below 20 px).
 """
@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from . import distributed
-from .batch_augment import contrastive_augment
+from .ssl_augment import contrastive_augment
 from .disk_cache import atomic_path
 from .disk_cache import fingerprint as run_fingerprint
 from .image_stream import image_batches
@@ -128,7 +128,7 @@ def pretrain_simclr(
     compile : bool
         Run the network through :func:`torch.compile`.
     augment : BatchAugment or None
-        The augmentation of both views; None: :func:`~spice_learn.batch_augment.contrastive_augment`
+        The augmentation of both views; None: :func:`~spice_learn.ssl_augment.contrastive_augment`
         for the extractor's input size and ``flip``.
 
     On a CUDA out-of-memory error in the forward or backward pass the batch is
@@ -141,7 +141,7 @@ def pretrain_simclr(
     process trains on its contiguous ``1 / W`` of every global batch of
     ``batch_size`` images: the permutation, the augmentation parameters (drawn
     for the whole batch on every process, see
-    :class:`~spice_learn.batch_augment.BatchAugment`), the steps and the
+    :class:`~spice_learn.ssl_augment.BatchAugment`), the steps and the
     learning-rate schedule are those of one process, BatchNorm layers use the
     statistics of the global batch (:func:`~spice_learn.distributed.synced_batchnorm`)
     and the loss is NT-Xent over the gathered batch (:func:`contrastive_loss`),

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .backbones import FeatureExtractor, build_backbone
-from .batch_augment import TINY_INPUT_SIZE, contrastive_augment
+from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
 from .pretrain import pretrain_simclr
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",

@@ -37,7 +37,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from . import distributed
-from .batch_augment import contrastive_augment, weak_augment
+from .ssl_augment import semi_views
 from .embedding import embed_images
 from .heads import MultiHeadClassifier, head_probabilities
 from .image_stream import image_batches
@@ -322,7 +322,7 @@ def _finetune(
         lr=learning_rate, momentum=0.9, nesterov=True,
     )
     size = list(extractor.input_size)
-    weak, strong = weak_augment(size, flip=flip), contrastive_augment(size, flip=flip)
+    weak, strong = semi_views(size, flip=flip)
     mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
     amp = autocast_dtype(device, bf16_only=True)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .augment import feature_views, strong_transform, weak_transform
+from .cache_augment import feature_views, strong_transform, weak_transform
 from .disk_cache import DiskArray, atomic_path, fingerprint
 from .embedding import ViewCache, cache_nbytes, check_same_images, embed_images, embed_views
 from .image_input import as_features, as_images
@@ -105,7 +105,7 @@ def default_cache_dtype(choice, n_samples, n_views, dim):
 
 def feature_cache(features, n_weak, n_strong, seed):
     """Cache of precomputed ``features`` ``(N, D)`` with feature-space weak and strong
-    views (:func:`~spice_learn.augment.feature_views`), all rows L2-normalised."""
+    views (:func:`~spice_learn.cache_augment.feature_views`), all rows L2-normalised."""
     gen = torch.Generator().manual_seed(seed)
     weak = feature_views(features, n_weak, strong=False, generator=gen)
     strong = feature_views(features, n_strong, strong=True, generator=gen)

@@ -14,7 +14,7 @@ import spice_learn.embedding
 import spice_learn.pretrain
 import spice_learn.spice_semi
 from spice_learn import SpiceClustering, distributed
-from spice_learn.augment import strong_transform, weak_transform
+from spice_learn.cache_augment import strong_transform, weak_transform
 from spice_learn.backbones import build_backbone
 from spice_learn.embedding import embed_views
 from spice_learn.heads import MultiHeadClassifier

@@ -8,7 +8,7 @@ import torch
 from _nets import TinyNet
 from torch import nn
 
-from spice_learn.augment import strong_transform, weak_transform
+from spice_learn.cache_augment import strong_transform, weak_transform
 from spice_learn.backbones import build_backbone
 from spice_learn.embedding import ViewCache, cache_nbytes, embed_images, embed_views
 

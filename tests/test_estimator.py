@@ -16,6 +16,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from _images import random_pixels
 from _nets import TinyNet
 
 import spice_learn.spice_self as spice_self_module
@@ -56,7 +57,7 @@ def blobs(n=N_BLOBS, centers=N_CENTERS, seed=0):
 
 
 def images(n=N_IMAGES, size=8, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return random_pixels(n, size, 3, seed)
 
 
 def fast_precomputed(**kwargs):

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from spice_learn import ImageStream, SpiceClustering
-from spice_learn.augment import strong_transform, weak_transform
+from spice_learn.cache_augment import strong_transform, weak_transform
 from spice_learn.backbones import build_backbone
 from spice_learn.disk_cache import fingerprint, hash_images
 from spice_learn.embedding import embed_views

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spice_learn.batch_augment import BatchAugment, contrastive_augment
+from spice_learn.ssl_augment import BatchAugment, contrastive_augment
 
 
 def _batch(n=6, size=16, seed=0):
@@ -74,7 +74,7 @@ def test_recipes_depend_on_size():
 
 
 def test_hue_rotation_keeps_the_gray_level_and_changes_colour():
-    from spice_learn.batch_augment import _luma, _rotate_hue
+    from spice_learn.ssl_augment import _luma, _rotate_hue
 
     x = torch.rand(6, 3, 5, 5)
     turned = _rotate_hue(x, torch.full((6,), 2.0))
@@ -97,7 +97,7 @@ def test_inversion_probability():
 
 
 def test_colour_recipe_changes_hue_and_polarity_but_grayscale_recipe_does_not():
-    from spice_learn.batch_augment import contrastive_augment
+    from spice_learn.ssl_augment import contrastive_augment
 
     colour = contrastive_augment((16, 16), flip=True, colour=True)
     assert colour.hue == 0.5 and colour.invert_p == 0.5 and colour.grayscale_p == 0.5

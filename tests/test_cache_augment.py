@@ -1,10 +1,10 @@
-"""Tests of spice_learn.augment."""
+"""Tests of spice_learn.cache_augment."""
 
 import pytest
 import torch
 from torchvision.transforms import v2
 
-from spice_learn.augment import feature_views, strong_transform, weak_transform
+from spice_learn.cache_augment import feature_views, strong_transform, weak_transform
 
 SIZE = (32, 32)
 
@@ -149,3 +149,14 @@ def test_feature_views_are_deterministic_with_generator():
     state = torch.get_rng_state()
     feature_views(x, 2, strong=False, generator=torch.Generator().manual_seed(5))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_former_module_names_still_import():
+    import spice_learn.augment as old_views
+    import spice_learn.batch_augment as old_ssl
+    import spice_learn.cache_augment as views
+    import spice_learn.ssl_augment as ssl
+
+    assert old_views.feature_views is views.feature_views
+    assert old_ssl.contrastive_augment is ssl.contrastive_augment
+    assert set(old_views.__all__) == set(views.__all__)
