@@ -231,8 +231,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         The number of clusters used (the chosen one with "auto" or candidates).
     n_clusters_scores_ : dict or None
         Candidate ``k`` to its silhouette (None for an int ``n_clusters``).
-    cluster_centers_ : ndarray of shape (n_clusters_, D)
-        Prototypes (Eq. 2) in the L2-normalised embedding space (not the input space).
+    cluster_centers_ : ndarray of shape (k, D), k = ``n_clusters_``
+        Prototypes (Eq. 2) in the L2-normalised embedding space.
     n_features_in_ : int
         Number of features (``backbone="precomputed"`` only).
     plan_ : dict
@@ -431,7 +431,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
         Returns
         -------
-        proba : ndarray of shape (n_samples, n_clusters_)
+        proba : ndarray of shape (n_samples, k), k = ``n_clusters_``
         """
         check_is_fitted(self, "classifier_")
         with n_jobs_threads(self.n_jobs):
