@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_scalar
 
-__all__ = ["check_int", "check_real", "auto_int", "auto_real", "resolve_device", "check_n_jobs",
+__all__ = ["check_int", "check_real", "resolve_device", "check_n_jobs",
            "check_writable_dir", "check_compile"]
 
 
@@ -32,21 +32,6 @@ def check_real(value, name, min_val, max_val, include_boundaries):
     check_scalar(value, name, numbers.Real, min_val=min_val, max_val=max_val,
                  include_boundaries=include_boundaries)
     return float(value)
-
-
-def auto_int(value, name, default, min_val):
-    if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"{name} must be an int or 'auto'; got {value!r}.")
-        return default
-    return check_int(value, name, min_val)
-
-
-def auto_real(value, name, default):
-    """``default`` for "auto"; anything else must be a positive finite real."""
-    if isinstance(value, str) and value == "auto":
-        return default
-    return check_real(value, name, 0.0, None, "neither")
 
 
 def resolve_device(device):
