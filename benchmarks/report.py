@@ -29,6 +29,19 @@ def machine():
             f"{platform.python_version()}, torch {torch.__version__}")
 
 
+def commit():
+    """The repository's commit (short hash; "+" when spice_learn/ has changes), or None."""
+    root = DOC.parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "spice_learn"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def write_section(key, markdown):
     """Replace (or append) the block between ``<!-- key:begin -->`` and ``<!-- key:end -->``."""
     text = DOC.read_text() if DOC.exists() else HEADER

@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets as data  # noqa: E402
-from report import machine, run_benchmark  # noqa: E402
+from report import commit, machine, run_benchmark  # noqa: E402
 
 #: name -> (loader, description, role). Defaults were chosen on the "development" sets;
 #: the "held out" ones only report them.
@@ -77,26 +76,13 @@ def worker(name, seed):
                       random_state=seed).fit_transform(pixels)
         labels = KMeans(k, n_init=10, random_state=seed).fit_predict(z)
         rows["UMAP + KMeans on pixels"] = (clustering_scores(y, labels), time.perf_counter() - t)
-    info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": _commit(),
+    info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": commit(),
             "load_before_fit": load_before, "plan": {key: (list(v) if isinstance(v, tuple) else v)
                                                      for key, v in model.plan_.items()},
             "n_nonempty": int(len(np.unique(model.labels_))),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rows": {m: {**s, "seconds": sec} for m, (s, sec) in rows.items()}}
     print("RESULT " + json.dumps(info), flush=True)
-
-
-def _commit():
-    """The repository's commit (short hash; "+" when spice_learn/ has changes), or None."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "spice_learn"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+" if dirty else "")
 
 
 def table(results):

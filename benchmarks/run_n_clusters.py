@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets as data  # noqa: E402
-from report import machine, run_benchmark  # noqa: E402
-from run_datasets import _commit  # noqa: E402
+from report import commit, machine, run_benchmark  # noqa: E402
 
 
 def _digits_0_4():
@@ -62,7 +61,7 @@ def worker(name, seed):
 
     x, y = LOADERS[name][0]()
     k = len(np.unique(y))
-    info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": _commit()}
+    info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": commit()}
     info["load_before_fit"] = os.getloadavg()[0]
     model = SpiceClustering("auto", random_state=seed)
     t = time.perf_counter()

@@ -20,6 +20,7 @@ def _demo(args):
     from .embedding import embed_images
     from .image_input import as_images
     from .metrics import clustering_scores
+    from .spice_self import SELECTION_LOSS_NAMES
 
     digits = load_digits()
     # The bundled images hold values 0-16; scale them to ordinary 8-bit images.
@@ -56,7 +57,7 @@ def _demo(args):
         time_text = "" if seconds is None else f"{seconds:>9.1f}"
         print(f"{name:<32}{scores['acc']:>7.3f}{scores['nmi']:>7.3f}{scores['ari']:>7.3f}"
               f"{time_text}")
-    loss = "SCAN" if model.head_objective == "scan" else "DS-CE"
+    loss = SELECTION_LOSS_NAMES[model.head_objective]
     print(f"\nThe heads' label-free {loss} loss picked head {model.best_head_} of "
           f"{model.n_heads} ({model.head_losses_[model.best_head_]:.4f}); "
           f"{model.reliable_mask_.mean():.0%} of the images were reliable for SPICE-Semi.")
@@ -70,7 +71,7 @@ def _cluster(args):
     from pathlib import Path
 
     from . import SpiceClustering
-    from .cluster_count import AUTO_MAX_CLUSTERS
+    from .cluster_count import check_n_clusters
     from .image_input import list_image_files, read_image_files
 
     root, out = Path(args.directory), Path(args.out)
@@ -92,9 +93,8 @@ def _cluster(args):
         print(f"error: {len(images)} readable images under {root}, need at least "
               f"{needed} for {args.n_clusters} clusters.", file=sys.stderr)
         return 2
-    into = ("a number of clusters chosen from 2 to "
-            f"{min(AUTO_MAX_CLUSTERS, len(images) // 2)}" if auto
-            else f"{args.n_clusters} clusters")
+    into = (f"a number of clusters chosen from 2 to {check_n_clusters('auto', len(images))[-1]}"
+            if auto else f"{args.n_clusters} clusters")
     print(f"clustering {len(images)} images from {root} into {into} "
           f"({len(failures)} unreadable files skipped) ...", flush=True)
     model = SpiceClustering(
@@ -147,7 +147,7 @@ def _cluster(args):
                 shutil.copy2(path, target)
     sizes = np.bincount(model.labels_, minlength=model.n_clusters_)
     if auto:
-        print(f"chose {model.n_clusters_} clusters (highest silhouette: "
+        print(f"chose {model.n_clusters_} clusters (silhouette per candidate: "
               + ", ".join(f"{k}: {v:.3f}" for k, v in model.n_clusters_scores_.items()) + ")")
     print(f"done in {time.perf_counter() - start:.0f} s; cluster sizes: {sizes.tolist()}")
     print("wrote " + ", ".join(str(p) for p in written))

@@ -39,6 +39,7 @@ from .scan_heads import (
 
 __all__ = [
     "SPICE_HEAD_EPOCHS",
+    "SELECTION_LOSS_NAMES",
     "HEAD_LEARNING_RATES",
     "HeadSettings",
     "SpiceSelfResult",
@@ -54,6 +55,8 @@ __all__ = [
     "rescaled_ds_ce",
 ]
 
+#: The label-free loss that selects a head, by ``head_objective``.
+SELECTION_LOSS_NAMES = {"scan": "SCAN", "spice": "DS-CE"}
 #: ``max_epochs="auto"`` with ``head_objective="spice"`` (the paper's 100 epochs).
 SPICE_HEAD_EPOCHS = 100
 #: ``learning_rate="auto"``: the official SPICE-Self value, and Adam's usual 1e-3 for SCAN heads.
@@ -197,7 +200,7 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     probs = head_probabilities(classifier, cache.original[:])
     labels = distributed.broadcast_object(probs[0].argmax(dim=1).cpu().numpy())
     if log is not None:
-        name = "SCAN" if s.objective == "scan" else "DS-CE"
+        name = SELECTION_LOSS_NAMES[s.objective]
         log(f"SPICE-Self ({s.objective} heads): selected head {best} of {s.n_heads} "
             f"({name} {losses[best]:.4f}; all heads {losses.min():.4f}-{losses.max():.4f})")
     return SpiceSelfResult(heads, losses, best, classifier, labels, history, s)
