@@ -4,9 +4,10 @@ next to the clusterers a user would try instead.
 For each data set and seed, in its own process and one after another (nothing else
 should run on the machine): ``SpiceClustering(k, random_state=seed)`` with every
 other parameter at its default, timed; then, on the same images, KMeans on the
-pixels and UMAP + KMeans (``umap-learn``, when installed; the N2D recipe without
+pixels, UMAP + KMeans (``umap-learn``, when installed; the N2D recipe without
 the autoencoder: UMAP to 10 dimensions with 20 neighbours and ``min_dist=0``, then
-KMeans). One SpiceClustering fit gives two rows: its final clustering
+KMeans), and ClustPy's deep clusterers DEC and N2D (``clustpy``, when installed, on
+sets of up to :data:`CLUSTPY_MAX_IMAGES` images; see :func:`clustpy_peers`). One SpiceClustering fit gives two rows: its final clustering
 (``labels_``, after SPICE-Semi) and the clustering of its selected head
 (``self_labels_``). The load average is printed before each fit and stored. Labels
 are used only to score. Results go to ``benchmarks/results/datasets.json`` and the
@@ -76,6 +77,7 @@ def worker(name, seed):
                       random_state=seed).fit_transform(pixels)
         labels = KMeans(k, n_init=10, random_state=seed).fit_predict(z)
         rows["UMAP + KMeans on pixels"] = (clustering_scores(y, labels), time.perf_counter() - t)
+    rows.update(clustpy_peers(pixels, y, k, seed))
     info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": commit(),
             "load_before_fit": load_before, "plan": {key: (list(v) if isinstance(v, tuple) else v)
                                                      for key, v in model.plan_.items()},
@@ -83,6 +85,41 @@ def worker(name, seed):
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rows": {m: {**s, "seconds": sec} for m, (s, sec) in rows.items()}}
     print("RESULT " + json.dumps(info), flush=True)
+
+
+#: ClustPy's deep clusterers run on data sets of at most this many images: with their
+#: default 100 autoencoder epochs (and DEC's 150 clustering epochs) they take minutes
+#: per seed on 1,797 digits on the 2-core CPU, and the time grows with the images.
+CLUSTPY_MAX_IMAGES = 2_000
+
+
+def clustpy_peers(pixels, y, k, seed):
+    """ClustPy's DEC (its defaults) and N2D (UMAP to ``k`` dimensions with 20 neighbours
+    and ``min_dist=0``, as in the N2D paper; ClustPy's default t-SNE to ``k`` dimensions
+    fails for more than 3 clusters) on the pixels, when ClustPy and umap-learn are
+    installed and the set has at most :data:`CLUSTPY_MAX_IMAGES` images: rows of
+    ``{name: (scores, seconds)}``."""
+    from spice_learn.metrics import clustering_scores
+
+    try:
+        import umap
+        from clustpy.deep import DEC, N2D
+    except ImportError:
+        return {}
+    if len(pixels) > CLUSTPY_MAX_IMAGES:
+        return {}
+    peers = {
+        "ClustPy DEC on pixels": lambda: DEC(n_clusters=k, random_state=seed),
+        "ClustPy N2D on pixels": lambda: N2D(
+            n_clusters=k, manifold_class=umap.UMAP, random_state=seed,
+            manifold_params={"n_components": k, "n_neighbors": 20, "min_dist": 0.0}),
+    }
+    rows = {}
+    for name, make in peers.items():
+        t = time.perf_counter()
+        labels = make().fit(pixels).labels_
+        rows[name] = (clustering_scores(y, labels), time.perf_counter() - t)
+    return rows
 
 
 def table(results):
@@ -93,8 +130,9 @@ def table(results):
         "",
         f"Written by `python benchmarks/run_datasets.py`; {machine()}. Each fit ran "
         "alone in its own process with `SpiceClustering(k, random_state=seed)` and every "
-        "other parameter at its default; KMeans (`n_init=10`) and UMAP + KMeans ran after "
-        "it on the same images (pixels scaled to [0, 1]). ACC and NMI: mean over the seeds "
+        "other parameter at its default; KMeans (`n_init=10`), UMAP + KMeans and, on sets of "
+        f"up to {CLUSTPY_MAX_IMAGES:,} images, ClustPy's DEC and N2D (UMAP to k dimensions) "
+        "ran after it on the same images (pixels scaled to [0, 1]). ACC and NMI: mean over the seeds "
         "and the worst seed; seconds: mean wall time of the whole `fit` (of the clusterer "
         "for the others). The selected-head row comes from the same fits as the default "
         "row (before SPICE-Semi), so it has no time of its own. Defaults were chosen on the "

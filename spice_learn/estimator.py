@@ -71,7 +71,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         "simclr" always does (fine-tuning given weights).
     pretrain_epochs : int or "auto", default="auto"
         Pretraining epochs. "auto": 100 on CUDA; on the CPU ``40 * sqrt(10,000 /
-        n_samples)`` clipped to 15-60
+        n_samples)`` clipped to 15-60 for grayscale images, and 2.5 times that,
+        clipped to 40-150, for colour images
         (:func:`spice_learn.representation.default_pretrain_epochs`).
     pretrain_time : float or None, default=None
         Wall-clock budget for pretraining in seconds (None: none; results then

@@ -54,6 +54,15 @@ def test_pretrain_epochs_follow_the_data_size_on_the_cpu():
     assert default_pretrain_epochs(70_000, CUDA) == 100  # GPU defaults stay
 
 
+def test_colour_images_get_more_pretrain_epochs_on_the_cpu():
+    assert default_pretrain_epochs(2_000, CPU, colour=True) == 150
+    assert default_pretrain_epochs(10_000, CPU, colour=True) == 100
+    assert default_pretrain_epochs(70_000, CPU, colour=True) == 40
+    for n in (200, 2_000, 10_000, 70_000):
+        assert default_pretrain_epochs(n, CPU, colour=True) > default_pretrain_epochs(n, CPU)
+    assert default_pretrain_epochs(10_000, CUDA, colour=True) == 100
+
+
 def test_plan_resolves_size_colour_and_settings():
     gray = plan_representation("auto", gray_images(size=28), pretrain=True,
                                pretrain_epochs=None, device=CPU)
@@ -65,6 +74,7 @@ def test_plan_resolves_size_colour_and_settings():
     assert colour.colour and colour.input_size == (COLOUR_INPUT_SIZE, COLOUR_INPUT_SIZE)
     assert (colour.batch_size, colour.learning_rate, colour.temperature) == (
         tuple(default_simclr_settings(True).values()))
+    assert colour.pretrain_epochs > gray.pretrain_epochs  # the plan passes the colour on
     explicit = plan_representation("auto", colour_images(), pretrain=True, pretrain_epochs=7,
                                    device=CPU, batch_size=32, temperature=0.1)
     assert explicit.pretrain_epochs == 7 and explicit.batch_size == 32
