@@ -7,11 +7,12 @@ other parameter at its default, timed; then, on the same images, KMeans on the
 pixels, UMAP + KMeans (``umap-learn``, when installed; the N2D recipe without
 the autoencoder: UMAP to 10 dimensions with 20 neighbours and ``min_dist=0``, then
 KMeans), and ClustPy's deep clusterers DEC and N2D (``clustpy``, when installed, on
-sets of up to :data:`CLUSTPY_MAX_IMAGES` images; see :func:`clustpy_peers`). One SpiceClustering fit gives two rows: its final clustering
-(``labels_``, after SPICE-Semi) and the clustering of its selected head
-(``self_labels_``). The load average is printed before each fit and stored. Labels
-are used only to score. Results go to ``benchmarks/results/datasets.json`` and the
-``datasets`` section of docs/benchmarks.md after each run.
+sets of up to :data:`CLUSTPY_MAX_IMAGES` images; see :func:`clustpy_peers`). One
+SpiceClustering fit gives two rows: its final clustering (``labels_``, after
+SPICE-Semi) and the clustering of its selected head (``self_labels_``). The load
+average is printed before each fit and stored. Labels are used only to score.
+Results go to ``benchmarks/results/datasets.json`` and the ``datasets`` section of
+docs/benchmarks.md after each run.
 
 Usage::
 
@@ -132,9 +133,9 @@ def table(results):
         "alone in its own process with `SpiceClustering(k, random_state=seed)` and every "
         "other parameter at its default; KMeans (`n_init=10`), UMAP + KMeans and, on sets of "
         f"up to {CLUSTPY_MAX_IMAGES:,} images, ClustPy's DEC and N2D (UMAP to k dimensions) "
-        "ran after it on the same images (pixels scaled to [0, 1]). ACC and NMI: mean over the seeds "
-        "and the worst seed; seconds: mean wall time of the whole `fit` (of the clusterer "
-        "for the others). The selected-head row comes from the same fits as the default "
+        "ran after it on the same images (pixels scaled to [0, 1]). ACC and NMI: mean over "
+        "the seeds and the worst seed; seconds: mean wall time of the whole `fit` (of the "
+        "clusterer for the others). The selected-head row comes from the same fits as the default "
         "row (before SPICE-Semi), so it has no time of its own. Defaults were chosen on the "
         "development sets; the held-out sets only report them. `load` is the 1-minute load "
         "average when each fit started; the fits ran one after another with nothing else on "

@@ -31,10 +31,10 @@ from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
 from .pretrain import pretrain_simclr
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
-           "COLOUR_INPUT_SIZE", "Stage1Plan", "resolve_backbone", "wants_pretraining",
-           "resolve_flip", "is_colour", "default_pretrain_epochs", "default_simclr_settings", "plan_representation",
-           "estimate_seconds", "COLOUR_EPOCH_FACTOR", "learn_representation", "Stage1Settings", "Representation",
-           "represent"]
+           "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "Stage1Plan", "resolve_backbone",
+           "wants_pretraining", "resolve_flip", "is_colour", "default_pretrain_epochs",
+           "default_simclr_settings", "plan_representation", "estimate_seconds",
+           "learn_representation", "Stage1Settings", "Representation", "represent"]
 
 #: ``backbone="auto"`` on CUDA: the small conv net for images up to this size, else a ResNet-18.
 SMALL_BACKBONE, SMALL_BACKBONE_MAX_SIZE, DEFAULT_BACKBONE = "spice_convnet4", 28, "resnet18"
