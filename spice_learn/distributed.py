@@ -91,9 +91,19 @@ def rank_device(device, local_rank):
     Returns
     -------
     device : torch.device
+
+    Raises
+    ------
+    ValueError
+        When the machine has CUDA but fewer GPUs than ``local_rank + 1``.
     """
     if device.type != "cuda":
         return device
+    if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r}: this torchrun process has local rank "
+                         f"{local_rank}, but the machine has {torch.cuda.device_count()} "
+                         "GPU(s); start at most one process per GPU (--nproc_per_node), or "
+                         "pass device='cpu' to run the processes on the CPU.")
     if device.index is not None and device.index != local_rank:
         warnings.warn(f"device={str(device)!r} is replaced by 'cuda:{local_rank}' in the "
                       f"torchrun process of local rank {local_rank}: each process uses the "

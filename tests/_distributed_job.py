@@ -84,7 +84,7 @@ def estimator():
         4, pretrain_epochs=2, pretrain_batch_size=32, projection_dim=16, n_heads=2,
         max_epochs=3, n_weak_views=1, n_strong_views=1, semi="finetune", semi_steps=4,
         semi_batch_size=8, semi_mu=2, reliability_threshold=0.5, n_neighbors=5,
-        embed_batch_size=32, random_state=0,
+        embed_batch_size=32, random_state=0, device="cpu",  # gloo, also beside a GPU
         # Rounding differences between DDP and one process grow with the learning rate;
         # the labels of 48 random patterns are compared at the gentler 1e-3.
         pretrain_learning_rate=1e-3, temperature=0.5,
@@ -109,7 +109,7 @@ def misuse():
     if distributed.is_distributed():  # raised before any image is read
         try:
             SpiceClustering(4, backbone=extractor.module, semi="finetune", semi_batch_size=1,
-                            random_state=0).fit(images)
+                            random_state=0, device="cpu").fit(images)
         except ValueError as error:
             raised["semi_batch_size"] = "semi_batch_size must be at least" in str(error)
     return {key: torch.tensor(value) for key, value in raised.items()}

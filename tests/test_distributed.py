@@ -69,7 +69,9 @@ def test_setup_outside_torchrun_changes_nothing(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-def test_rank_device_gives_each_torchrun_process_its_local_gpu():
+def test_rank_device_gives_each_torchrun_process_its_local_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     cpu = torch.device("cpu")
     assert distributed.rank_device(cpu, 3) == cpu
     assert distributed.rank_device(torch.device("cuda"), 3) == torch.device("cuda", 3)
@@ -78,11 +80,21 @@ def test_rank_device_gives_each_torchrun_process_its_local_gpu():
         assert distributed.rank_device(torch.device("cuda", 0), 2) == torch.device("cuda", 2)
 
 
+def test_rank_device_refuses_more_processes_than_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed.rank_device(torch.device("cuda"), 0) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"local rank 1, but the machine has 1 GPU"):
+        distributed.rank_device(torch.device("cuda"), 1)
+
+
 def test_setup_under_torchrun_uses_the_local_rank_for_cuda(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # no group made
     with pytest.warns(UserWarning, match="local rank 1"):
         assert distributed.setup(torch.device("cuda", 0)) == torch.device("cuda", 1)

@@ -689,7 +689,7 @@ def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):
     def spy(cache, labels, reliable, **kwargs):
         head, history = real(cache, labels, reliable, **kwargs)
         out = spice_semi_module.head_probabilities(head, cache.original)[0].argmax(dim=1)
-        calls.append((labels.copy(), reliable.copy(), out.numpy(), len(history)))
+        calls.append((labels.copy(), reliable.copy(), out.cpu().numpy(), len(history)))
         return head, history
 
     monkeypatch.setattr(spice_semi_module, "train_semi_head", spy)
@@ -880,7 +880,7 @@ def test_a_semi_round_that_empties_a_cluster_is_undone(monkeypatch):
                 head.w2.zero_()
                 head.b2.copy_(torch.tensor([[5.0] + [0.0] * (head.b2.shape[1] - 1)]))
         calls.append(spice_semi_module.head_probabilities(head, cache.original)[0]
-                     .argmax(dim=1).numpy())
+                     .argmax(dim=1).cpu().numpy())
         return head, history
 
     monkeypatch.setattr(spice_semi_module, "train_semi_head", spy)
