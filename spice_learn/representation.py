@@ -31,7 +31,7 @@ from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
 from .pretrain import pretrain_simclr
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
-           "COLOUR_INPUT_SIZE", "GRAY_EPOCH_RANGE", "COLOUR_EPOCH_RANGE", "Stage1Plan", "resolve_backbone",
+           "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "Stage1Plan", "resolve_backbone",
            "wants_pretraining", "resolve_flip", "is_colour", "default_pretrain_epochs",
            "default_simclr_settings", "plan_representation", "estimate_seconds",
            "learn_representation", "Stage1Settings", "Representation", "represent"]
@@ -44,9 +44,9 @@ GRAY_INPUT_SIZE, COLOUR_INPUT_SIZE = 16, 16
 #: per second it embeds with a cached view's augmentation, on 2 idle cores (measured
 #: with bf16 autocast on the development machine; compute grows with the pixel count).
 TRAIN_VIEWS_PER_SECOND_16PX, EMBED_IMAGES_PER_SECOND_16PX = 5_500, 4_000
-#: ``pretrain_epochs="auto"`` on the CPU: the bounds of ``100 * sqrt(10,000 / N)``
-#: epochs for grayscale and for colour images (:func:`default_pretrain_epochs`).
-GRAY_EPOCH_RANGE, COLOUR_EPOCH_RANGE = (15, 100), (40, 150)
+#: ``pretrain_epochs="auto"`` on the CPU: colour images get this many times the epochs
+#: of grayscale ones (:func:`default_pretrain_epochs`).
+COLOUR_EPOCH_FACTOR = 2.5
 
 
 @dataclass(frozen=True)
@@ -131,18 +131,20 @@ def is_colour(images, n_probe=512):
 
 def default_pretrain_epochs(n_samples, device, colour=False):
     """``pretrain_epochs="auto"``: 100 on CUDA; on the CPU about
-    ``100 * sqrt(10,000 / N)`` epochs, so that the steps grow more slowly than the data
-    and the time stays bounded. Grayscale images get at least 15 and at most 100 (100
-    up to 10,000 images, 38 for MNIST's 70,000, 15 from 445,000 on), colour images at
-    least 40 and at most 150 (150 up to 4,400 images): their SimCLR views must also teach
-    the network to ignore colour, and it keeps learning long after a grayscale set has
-    settled. Measured on the CPU, seed 0: random-colour shapes (2,000 images) 0.36 ACC
-    after 60 epochs, 0.53 after 150; the Fashion-MNIST subset (12,669) 0.64 after 36,
-    0.67 after 100; sklearn digits the same after 100 epochs as after 60 (3 seeds)."""
+    ``40 * sqrt(10,000 / N)`` epochs for grayscale images, at least 15 and at most 60
+    (60 up to 4,400 images, 40 for 10,000, 15 from 71,000 on), so that the steps grow
+    more slowly than the data and the time stays bounded. Colour images get
+    :data:`COLOUR_EPOCH_FACTOR` times as many, at least 40 and at most 150 (150 up
+    to 4,400 images, 100 for 10,000): their SimCLR views must also teach the network
+    to ignore colour, and it keeps learning long after a grayscale set has settled
+    (random-colour shapes, 2,000 images: 0.36 ACC after 60 epochs, 0.53 after 150,
+    one seed; sklearn digits: the same after 100 epochs as after 60)."""
     if torch.device(device).type == "cuda":
         return 100
-    low, high = COLOUR_EPOCH_RANGE if colour else GRAY_EPOCH_RANGE
-    return int(min(high, max(low, round(100 * math.sqrt(10_000 / max(n_samples, 1))))))
+    epochs = 40 * math.sqrt(10_000 / max(n_samples, 1))
+    if colour:
+        return int(min(150, max(40, round(COLOUR_EPOCH_FACTOR * epochs))))
+    return int(min(60, max(15, round(epochs))))
 
 
 def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,

@@ -45,11 +45,10 @@ def test_auto_backbone_is_the_small_net_on_the_cpu_at_any_size():
 
 
 def test_pretrain_epochs_follow_the_data_size_on_the_cpu():
-    assert default_pretrain_epochs(1797, CPU) == 100
-    assert default_pretrain_epochs(12_669, CPU) == 89
-    assert default_pretrain_epochs(70_000, CPU) == 38
-    assert default_pretrain_epochs(200, CPU) == 100
-    assert default_pretrain_epochs(1_000_000, CPU) == 15
+    assert default_pretrain_epochs(1797, CPU) == 60
+    assert default_pretrain_epochs(10_000, CPU) == 40
+    assert default_pretrain_epochs(70_000, CPU) == 15
+    assert default_pretrain_epochs(200, CPU) == 60
     epochs = [default_pretrain_epochs(n, CPU) for n in (1000, 5000, 20_000, 100_000)]
     assert epochs == sorted(epochs, reverse=True)
     assert default_pretrain_epochs(70_000, CUDA) == 100  # GPU defaults stay
@@ -59,10 +58,8 @@ def test_colour_images_get_more_pretrain_epochs_on_the_cpu():
     assert default_pretrain_epochs(2_000, CPU, colour=True) == 150
     assert default_pretrain_epochs(10_000, CPU, colour=True) == 100
     assert default_pretrain_epochs(70_000, CPU, colour=True) == 40
-    for n in (200, 2_000, 500_000):
+    for n in (200, 2_000, 10_000, 70_000):
         assert default_pretrain_epochs(n, CPU, colour=True) > default_pretrain_epochs(n, CPU)
-    for n in (10_000, 70_000):
-        assert default_pretrain_epochs(n, CPU, colour=True) >= default_pretrain_epochs(n, CPU)
     assert default_pretrain_epochs(10_000, CUDA, colour=True) == 100
 
 
