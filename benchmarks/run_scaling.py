@@ -111,11 +111,13 @@ def default_settings(n, dim):
     params = SpiceClustering(N_CLUSTERS).get_params()
     resolved = resolve_settings(params, check_settings(params), n)
     heads, views = resolved.heads.resolved(n, N_CLUSTERS), resolved.views
+    weight = heads.entropy_weight  # "auto": SCAN's candidates; one epoch at the first
+    weight = weight[0] if isinstance(weight, tuple) else weight
     return {**params, "n_weak_views": views.n_weak, "n_strong_views": views.n_strong,
             "n_views": views.n_views, "batch_size": default_batch_size(N_CLUSTERS),
             "minibatch_size": resolved.heads.minibatch_size,
             "max_epochs": resolved.heads.max_epochs, "learning_rate": heads.learning_rate,
-            "entropy_weight": heads.entropy_weight, "pretrain_batch_size": None,
+            "entropy_weight": weight, "pretrain_batch_size": None,
             "pretrain_epochs": None, "device": resolved.device,
             "cache_dtype": default_cache_dtype(views.cache_dtype, n, views.n_views, dim)}
 

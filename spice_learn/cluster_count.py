@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from sklearn.metrics import silhouette_score
 
+from .scan_heads import SCAN_ENTROPY_WEIGHT
 from .spice_self import fit_spice_self
 
 __all__ = [
@@ -112,11 +113,15 @@ def _iterable(value):
 
 def default_search_settings(settings, n_samples):
     """Head settings for scoring candidates: the final ones (``"auto"`` resolved for
-    ``n_samples``) with at most 3 heads and a third of the epochs (at least 5), so a
-    search over 19 candidates costs a few full head trainings."""
+    ``n_samples``) with at most 3 heads, a third of the epochs (at least 5) and, for
+    "scan" heads with ``entropy_weight="auto"``, SCAN's weight alone, so a search
+    over 19 candidates costs a few full head trainings."""
     epochs = settings.resolved(n_samples, 2).max_epochs
+    weight = settings.entropy_weight
+    if weight is None and settings.objective == "scan":
+        weight = SCAN_ENTROPY_WEIGHT  # one weight, not the final fit's candidates
     return replace(settings, n_heads=min(settings.n_heads, 3),
-                   max_epochs=max(5, epochs // 3))
+                   max_epochs=max(5, epochs // 3), entropy_weight=weight)
 
 
 def cosine_silhouette(features, labels, *, max_samples=SILHOUETTE_SAMPLES, seed=0):

@@ -115,9 +115,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ``r``: share of ``M / k`` most confident samples that form each prototype.
     entropy_weight : float or "auto", default="auto"
         Weight of an entropy term on the mean prediction that keeps clusters from
-        emptying; "auto" is SCAN's 5 for "scan" heads, and for "spice" heads 0
-        below 50 clusters and 1 from 50 on. With "scan" heads, lower it for
-        strongly imbalanced data (see :data:`spice_learn.scan_heads.SCAN_ENTROPY_WEIGHT`).
+        emptying. "auto" with "scan" heads trains heads at SCAN's 5 and at 2 and 1,
+        and keeps the weight whose clusters best follow the 10-nearest-neighbour
+        graph (label-free; lower weights allow clusters of uneven sizes, see
+        :func:`spice_learn.scan_heads.neighbour_agreement`), which triples the
+        head training time; with "spice" heads 0 below 50 clusters and 1 from 50 on.
     n_weak_views, n_strong_views : int or "auto", default="auto"
         Augmented views cached per image, each one backbone pass and ``D`` floats
         per image; "auto": 4 and 16 up to 5,000 samples, else 2 and 4
@@ -208,7 +210,13 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     classifier_ : MultiHeadClassifier
         The classifier ``predict`` uses: SPICE-Semi's, else the selected head.
     head_losses_ : ndarray of shape (n_heads,)
-        DS-CE of each head over the whole training set (lower is better).
+        Selection loss (SCAN or DS-CE) of each head over the whole training set
+        (lower is better).
+    entropy_weight_ : float
+        The entropy weight of ``heads_`` (the chosen one with "auto").
+    entropy_weight_scores_ : dict or None
+        Candidate entropy weight to the neighbour agreement of its selected head's
+        clustering (None when there was one weight).
     best_head_ : int
         Index of the selected head, ``argmin(head_losses_)``.
     loss_history_ : ndarray of shape (max_epochs, n_heads)
@@ -341,6 +349,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.classifier_ = classifier.cpu()
         self.head_losses_, self.best_head_ = spice_self.losses, spice_self.best
         self.loss_history_, self.self_labels_ = spice_self.history, spice_self.self_labels
+        self.entropy_weight_ = float(spice_self.settings.entropy_weight)
+        self.entropy_weight_scores_ = spice_self.weight_scores
         self.cluster_centers_, self.labels_ = centers, labels
         self.reliability_, self.reliable_mask_, self.semi_history_ = (None,) * 3 if (
             semi is None) else (semi.reliability, semi.reliable, semi.history)

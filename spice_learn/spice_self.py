@@ -29,9 +29,11 @@ from .losses import double_softmax_cross_entropy, entropy_regularised
 from .pseudo_labels import assign_pseudo_labels, cluster_prototypes, n_confident
 from .runtime import autocast_dtype
 from .scan_heads import (
-    SCAN_ENTROPY_WEIGHT,
+    AGREEMENT_NEIGHBORS,
+    SCAN_ENTROPY_WEIGHTS,
     default_scan_epochs,
     default_scan_minibatch_size,
+    neighbour_agreement,
     scan_neighbors,
     scan_selection_losses,
     train_scan_heads,
@@ -74,10 +76,12 @@ def default_minibatch_size(n_clusters):
 
 
 def default_entropy_weight(objective, n_clusters):
-    """``entropy_weight="auto"``: SCAN's 5 for "scan" heads; for "spice" heads 0 below
-    50 clusters and 1 from 50 on."""
+    """``entropy_weight="auto"``: for "scan" heads the tuple of candidate weights
+    :data:`~spice_learn.scan_heads.SCAN_ENTROPY_WEIGHTS` (one is chosen without
+    labels in :func:`fit_spice_self`); for "spice" heads 0 below 50 clusters and 1
+    from 50 on."""
     if objective == "scan":
-        return SCAN_ENTROPY_WEIGHT
+        return SCAN_ENTROPY_WEIGHTS
     return 0.0 if n_clusters < 50 else 1.0
 
 
@@ -89,6 +93,8 @@ class HeadSettings:
     dimension), ``batch_size`` (``M``, "spice" only), ``minibatch_size``,
     ``max_epochs``, ``learning_rate``, ``confidence_ratio`` (``r``) and
     ``entropy_weight``, as the :class:`~spice_learn.SpiceClustering` parameters.
+    Resolved, ``entropy_weight`` is a float, or a tuple of candidate weights for
+    :func:`fit_spice_self` to choose from.
     """
 
     objective: str = "scan"
@@ -99,7 +105,7 @@ class HeadSettings:
     max_epochs: int | None = None
     learning_rate: float | None = None
     confidence_ratio: float = 0.5
-    entropy_weight: float | None = None
+    entropy_weight: float | tuple | None = None
 
     def resolved(self, n_samples, n_clusters, dim=None):
         """These settings with every "auto" value resolved for ``n_samples`` samples of
@@ -137,7 +143,10 @@ class SpiceSelfResult:
     history : ndarray of shape (n_epochs, n_heads)
         Mean training loss per epoch and head.
     settings : HeadSettings
-        The resolved settings.
+        The resolved settings, with the chosen ``entropy_weight``.
+    weight_scores : dict or None
+        Candidate entropy weight to the :func:`~spice_learn.scan_heads.neighbour_agreement`
+        of its selected head, when there were candidates to choose from.
     """
 
     heads: MultiHeadClassifier
@@ -147,6 +156,7 @@ class SpiceSelfResult:
     self_labels: np.ndarray
     history: np.ndarray
     settings: HeadSettings
+    weight_scores: dict | None = None
 
 
 def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verbose=0,
@@ -169,23 +179,60 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     device : torch.device
     verbose : int
     log : callable or None
-        Called with one line on the selected head.
+        Called with one line on the selected head (and one on the chosen weight).
 
     Returns
     -------
     SpiceSelfResult
+
+    When the resolved ``entropy_weight`` is a tuple of candidates, heads are trained
+    at each weight with the same seed, one head is selected per weight as usual, and
+    the weight whose selected head's clustering shares the most pairs of
+    :data:`~spice_learn.scan_heads.AGREEMENT_NEIGHBORS` nearest neighbours
+    (:func:`~spice_learn.scan_heads.neighbour_agreement`) is kept, with its heads,
+    among the weights whose clustering uses the most clusters (all ``n_clusters``
+    unless no weight's does): merging clusters can only raise the agreement.
 
     Under torchrun every process trains the same heads; rank 0's heads, losses and
     labels are broadcast (GPUs need not agree to the last bit).
     """
     n, dim = cache.original.shape
     s = settings.resolved(n, n_clusters, dim)
+    graph = None if s.objective != "scan" else neighbors[:, : scan_neighbors(n, n_clusters)]
+    weights = s.entropy_weight if isinstance(s.entropy_weight, tuple) else (s.entropy_weight,)
+    fits = [_train_and_select(cache, graph, n_clusters, replace(s, entropy_weight=w),
+                              seed=seed, device=device, verbose=verbose) for w in weights]
+    scores, pick = None, 0
+    if len(fits) > 1:  # label-free: the clustering that best follows the neighbour graph
+        n_agree = min(AGREEMENT_NEIGHBORS, neighbors.shape[1])
+        agreement = [neighbour_agreement(fit[-1], neighbors.cpu(), n_agree) for fit in fits]
+        scores = {float(w): a for w, a in zip(weights, agreement)}
+        # Merging clusters only raises the agreement: only the weights whose clustering
+        # uses the most clusters (all n_clusters, as a rule) are eligible.
+        n_used = np.array([len(np.unique(fit[-1])) for fit in fits])
+        agreement = np.where(n_used == n_used.max(), agreement, -np.inf)
+        pick = int(np.argmax(agreement))  # ties: the earlier (SCAN's own) weight
+    s = replace(s, entropy_weight=weights[pick])
+    heads, history, losses, best, classifier, labels = fits[pick]
+    if log is not None:
+        name = SELECTION_LOSS_NAMES[s.objective]
+        if scores is not None:
+            log(f"SPICE-Self ({s.objective} heads): entropy weight {s.entropy_weight:g} "
+                f"(its clusters share {scores[s.entropy_weight]:.1%} of {n_agree}-neighbour "
+                "pairs; " + ", ".join(f"{a:.1%} with {w:g}" for w, a in scores.items()) + ")")
+        log(f"SPICE-Self ({s.objective} heads): selected head {best} of {s.n_heads} "
+            f"({name} {losses[best]:.4f}; all heads {losses.min():.4f}-{losses.max():.4f})")
+    return SpiceSelfResult(heads, losses, best, classifier, labels, history, s, scores)
+
+
+def _train_and_select(cache, graph, n_clusters, s, *, seed, device, verbose):
+    """Train the heads of resolved settings ``s`` (one entropy weight) and select one:
+    ``(heads, history, losses, best, classifier, labels)``."""
     common = dict(n_clusters=n_clusters, n_heads=s.n_heads, hidden_dim=s.hidden_dim,
                   minibatch_size=s.minibatch_size, max_epochs=s.max_epochs,
                   learning_rate=s.learning_rate, entropy_weight=s.entropy_weight, seed=seed,
                   device=device, verbose=verbose)
     if s.objective == "scan":
-        graph = neighbors[:, : scan_neighbors(n, n_clusters)]
         heads, history = train_scan_heads(cache, graph, **common)
         distributed.broadcast_module(heads)
         losses = scan_selection_losses(heads, cache, graph, entropy_weight=s.entropy_weight)
@@ -199,11 +246,7 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     classifier = heads.select([best])
     probs = head_probabilities(classifier, cache.original[:])
     labels = distributed.broadcast_object(probs[0].argmax(dim=1).cpu().numpy())
-    if log is not None:
-        name = SELECTION_LOSS_NAMES[s.objective]
-        log(f"SPICE-Self ({s.objective} heads): selected head {best} of {s.n_heads} "
-            f"({name} {losses[best]:.4f}; all heads {losses.min():.4f}-{losses.max():.4f})")
-    return SpiceSelfResult(heads, losses, best, classifier, labels, history, s)
+    return heads, history, losses, best, classifier, labels
 
 
 def rescaled_ds_ce(loss, n_clusters):

@@ -11,6 +11,7 @@ from spice_learn.cluster_count import (
     default_search_settings,
     search_n_clusters,
 )
+from spice_learn.scan_heads import SCAN_ENTROPY_WEIGHT
 from spice_learn.spice_self import HeadSettings
 from spice_learn.view_cache import feature_cache, neighbour_graph
 
@@ -92,6 +93,9 @@ def test_search_settings_have_fewer_heads_and_epochs():
     assert search.n_heads == 3
     assert 5 <= search.max_epochs <= full.max_epochs // 3
     assert default_search_settings(HeadSettings(n_heads=10, max_epochs=6), 1500).max_epochs == 5
+    # one entropy weight per candidate k, not the final fit's choice among several
+    assert search.entropy_weight == SCAN_ENTROPY_WEIGHT
+    assert default_search_settings(HeadSettings(entropy_weight=1.0), 1500).entropy_weight == 1.0
 
 
 @pytest.mark.parametrize("n_groups", [3, 6])

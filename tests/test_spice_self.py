@@ -10,9 +10,13 @@ import torch.nn.functional as F
 from spice_learn import SpiceClustering
 from spice_learn.embedding import ViewCache
 from spice_learn.metrics import cluster_accuracy
+from spice_learn.neighbors import nearest_neighbors
+from spice_learn.scan_heads import SCAN_ENTROPY_WEIGHTS
 from spice_learn.spice_self import (
+    HeadSettings,
     default_batch_size,
     default_minibatch_size,
+    fit_spice_self,
     head_probabilities,
     head_selection_losses,
     train_heads,
@@ -220,3 +224,69 @@ def test_selection_uses_no_labels():
         np.testing.assert_array_equal(other.head_losses_, fits[0].head_losses_)
         assert other.best_head_ == fits[0].best_head_
         np.testing.assert_array_equal(other.labels_, fits[0].labels_)
+
+
+# ------------------------------------------------- entropy weight chosen without labels
+def make_imbalanced_cache(seed, sizes=(300, 60, 40), d=D):
+    """Separated Gaussian clusters of very unequal sizes, and their neighbour graph."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(len(sizes), d, generator=gen) * 3
+    y = torch.cat([torch.full((size,), i) for i, size in enumerate(sizes)])
+    x = centers[y] + torch.randn(len(y), d, generator=gen)
+    weak = torch.stack([x + 0.1 * torch.randn(x.shape, generator=gen) for _ in range(2)])
+    strong = torch.stack([x + 0.3 * torch.randn(x.shape, generator=gen) for _ in range(3)])
+    cache = ViewCache(F.normalize(x, dim=1), F.normalize(weak, dim=2),
+                      F.normalize(strong, dim=2))
+    return cache, nearest_neighbors(cache.original, 20, device=CPU), y.numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_entropy_weight_lets_imbalanced_clusters_keep_their_size(seed):
+    cache, neighbors, y = make_imbalanced_cache(seed)
+    quick = HeadSettings(n_heads=4, max_epochs=20)
+    auto = fit_spice_self(cache, neighbors, 3, quick, seed=seed, device=CPU)
+    scan = fit_spice_self(cache, neighbors, 3, HeadSettings(n_heads=4, max_epochs=20,
+                          entropy_weight=SCAN_ENTROPY_WEIGHTS[0]), seed=seed, device=CPU)
+    assert set(auto.weight_scores) == set(SCAN_ENTROPY_WEIGHTS)
+    assert auto.settings.entropy_weight < SCAN_ENTROPY_WEIGHTS[0]
+    # SCAN's weight splits the large cluster to even out the sizes; the chosen one does not
+    assert cluster_accuracy(y, scan.self_labels) < 0.8
+    assert cluster_accuracy(y, auto.self_labels) > 0.95
+
+
+def test_auto_entropy_weight_keeps_the_heads_of_the_best_agreeing_weight():
+    cache, neighbors, _ = make_imbalanced_cache(2, sizes=(200, 100, 100))
+    quick = HeadSettings(n_heads=3, max_epochs=10)
+    logged = []
+    auto = fit_spice_self(cache, neighbors, 3, quick, seed=0, device=CPU, log=logged.append)
+    scores = auto.weight_scores
+    assert auto.settings.entropy_weight == max(scores, key=scores.get)
+    fixed = fit_spice_self(cache, neighbors, 3,
+                           HeadSettings(n_heads=3, max_epochs=10,
+                                        entropy_weight=auto.settings.entropy_weight),
+                           seed=0, device=CPU)
+    assert fixed.weight_scores is None
+    np.testing.assert_array_equal(auto.self_labels, fixed.self_labels)
+    np.testing.assert_array_equal(auto.losses, fixed.losses)
+    assert any("entropy weight" in line for line in logged)
+
+
+def test_spice_heads_do_not_search_entropy_weights():
+    cache, neighbors, _ = make_imbalanced_cache(0)
+    result = fit_spice_self(cache, None, 3, HeadSettings(objective="spice", n_heads=2,
+                            max_epochs=2), seed=0, device=CPU)
+    assert result.weight_scores is None and result.settings.entropy_weight == 0.0
+
+
+def test_auto_entropy_weight_only_chooses_among_weights_that_fill_every_cluster():
+    # 3 groups in 5 clusters: lower weights merge the splits, which raises the agreement
+    cache, neighbors, _ = make_imbalanced_cache(0, sizes=(150, 150, 100))
+    quick = HeadSettings(n_heads=3, max_epochs=15)
+    auto = fit_spice_self(cache, neighbors, 5, quick, seed=0, device=CPU)
+    assert len(np.unique(auto.self_labels)) == 5
+    assert auto.weight_scores[auto.settings.entropy_weight] < max(auto.weight_scores.values())
+    # when no weight fills all 6 clusters, the one that fills the most wins
+    cache, neighbors, _ = make_imbalanced_cache(3, sizes=(100, 100, 100))
+    auto = fit_spice_self(cache, neighbors, 6, quick, seed=3, device=CPU)
+    assert len(np.unique(auto.self_labels)) == 5
+    assert auto.weight_scores[auto.settings.entropy_weight] < max(auto.weight_scores.values())
