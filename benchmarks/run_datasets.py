@@ -83,6 +83,8 @@ def worker(name, seed):
             "load_before_fit": load_before, "plan": {key: (list(v) if isinstance(v, tuple) else v)
                                                      for key, v in model.plan_.items()},
             "n_nonempty": int(len(np.unique(model.labels_))),
+            "entropy_weight": getattr(model, "entropy_weight_", None),
+            "entropy_weight_scores": getattr(model, "entropy_weight_scores_", None),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rows": {m: {**s, "seconds": sec} for m, (s, sec) in rows.items()}}
     print("RESULT " + json.dumps(info), flush=True)

@@ -111,13 +111,15 @@ def default_settings(n, dim):
     params = SpiceClustering(N_CLUSTERS).get_params()
     resolved = resolve_settings(params, check_settings(params), n)
     heads, views = resolved.heads.resolved(n, N_CLUSTERS), resolved.views
-    weight = heads.entropy_weight  # "auto": SCAN's candidates; one epoch at the first
-    weight = weight[0] if isinstance(weight, tuple) else weight
+    weight = heads.entropy_weight  # "auto": SCAN's candidates, each trained in turn
+    n_weights = len(weight) if isinstance(weight, tuple) else 1
+    weight = weight[0] if isinstance(weight, tuple) else weight  # time one epoch at the first
     return {**params, "n_weak_views": views.n_weak, "n_strong_views": views.n_strong,
             "n_views": views.n_views, "batch_size": default_batch_size(N_CLUSTERS),
             "minibatch_size": resolved.heads.minibatch_size,
             "max_epochs": resolved.heads.max_epochs, "learning_rate": heads.learning_rate,
-            "entropy_weight": weight, "pretrain_batch_size": None,
+            "entropy_weight": weight, "n_entropy_weights": n_weights,
+            "pretrain_batch_size": None,
             "pretrain_epochs": None, "device": resolved.device,
             "cache_dtype": default_cache_dtype(views.cache_dtype, n, views.n_views, dim)}
 
@@ -311,7 +313,8 @@ def plan(rows, n0):
         sec = {
             "pretrain": p["per_item"] * n * st["pretrain_epochs"],
             "views": v["per_item"] * n,
-            "heads": h["per_item"] * n * st["max_epochs"] + h["select_seconds"] * n / n0,
+            "heads": (h["per_item"] * n * st["max_epochs"] + h["select_seconds"] * n / n0)
+            * st.get("n_entropy_weights", 1),
             "neighbors": nn["seconds"] * (n / n0) ** 2,
             "embed": e["per_item"] * n,
         }

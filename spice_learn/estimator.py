@@ -116,8 +116,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     entropy_weight : float or "auto", default="auto"
         Weight of an entropy term on the mean prediction that keeps clusters from
         emptying. "auto" with "scan" heads trains heads at SCAN's 5 and at 2 and 1,
-        and keeps the weight whose clusters best follow the 10-nearest-neighbour
-        graph (label-free; lower weights allow clusters of uneven sizes, see
+        and keeps the weight whose clusters best follow the graph of up to 10
+        nearest neighbours, among those that fill the most clusters (label-free;
+        lower weights allow clusters of uneven sizes, see
         :func:`spice_learn.scan_heads.neighbour_agreement`), which triples the
         head training time; with "spice" heads 0 below 50 clusters and 1 from 50 on.
     n_weak_views, n_strong_views : int or "auto", default="auto"

@@ -15,8 +15,11 @@ embeddings). After training, the head with the lowest loss over the whole data
 set (original embeddings, every neighbour) is kept, as SPICE keeps the head with
 the lowest DS-CE. With ``entropy_weight="auto"`` heads are trained at each weight
 of :data:`SCAN_ENTROPY_WEIGHTS`, and the weight whose kept head agrees best with
-the 10-nearest-neighbour graph (:func:`neighbour_agreement`) wins: a label-free
-choice between SCAN's balanced clusters and clusters of uneven sizes. SCAN's own paper reports KMeans at about 66 % on its SimCLR
+the 10-nearest-neighbour graph (:func:`neighbour_agreement`) wins, among the
+weights whose clustering fills the most clusters: a label-free choice between
+SCAN's balanced clusters and clusters of uneven sizes.
+
+SCAN's own paper reports KMeans at about 66 % on its SimCLR
 features of CIFAR-10 and 82 % for this loss on the same features; the reason is
 that neighbour consistency uses what the pretext features know locally, which
 KMeans ignores.
@@ -32,8 +35,8 @@ from .heads import MultiHeadClassifier, head_probabilities, step_heads
 from .losses import entropy_regularised, neighbour_consistency
 
 __all__ = ["SCAN_NEIGHBORS", "SCAN_ENTROPY_WEIGHT", "SCAN_ENTROPY_WEIGHTS",
-           "AGREEMENT_NEIGHBORS", "scan_neighbors", "default_scan_epochs", "default_scan_minibatch_size",
-           "train_scan_heads", "scan_selection_losses", "neighbour_agreement"]
+           "AGREEMENT_NEIGHBORS", "scan_neighbors", "default_scan_epochs",
+           "default_scan_minibatch_size", "train_scan_heads", "scan_selection_losses", "neighbour_agreement"]
 
 #: Neighbours per sample (SCAN's CIFAR setting), capped below the average cluster size.
 SCAN_NEIGHBORS = 20
@@ -156,14 +159,16 @@ def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
     Parameters
     ----------
     labels : array-like of shape (N,)
+        Cluster of each sample.
     neighbors : array-like of shape (N, n), int
         Neighbours of each sample, nearest first.
-    n_neighbors : int
-        How many of the first columns of ``neighbors`` count.
+    n_neighbors : int, default=AGREEMENT_NEIGHBORS
+        How many of the first columns of ``neighbors`` count (all when fewer).
 
     Returns
     -------
     float
+        The share of (sample, neighbour) pairs whose labels are equal.
     """
     labels = np.asarray(labels)
     neighbors = np.asarray(neighbors)[:, :n_neighbors]

@@ -185,6 +185,14 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     -------
     SpiceSelfResult
 
+    Raises
+    ------
+    ValueError
+        When the settings hold several entropy weights and ``neighbors`` is None
+        (the weights are compared on the neighbour graph).
+
+    Notes
+    -----
     When the resolved ``entropy_weight`` is a tuple of candidates, heads are trained
     at each weight with the same seed, one head is selected per weight as usual, and
     the weight whose selected head's clustering shares the most pairs of
@@ -193,11 +201,14 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     among the weights whose clustering uses the most clusters (all ``n_clusters``
     unless no weight's does): merging clusters can only raise the agreement.
 
-    Under torchrun every process trains the same heads; rank 0's heads, losses and
-    labels are broadcast (GPUs need not agree to the last bit).
+    Under torchrun every process trains the same heads; rank 0's heads, losses,
+    labels and choice of weight are broadcast (GPUs need not agree to the last bit).
     """
     n, dim = cache.original.shape
     s = settings.resolved(n, n_clusters, dim)
+    if isinstance(s.entropy_weight, tuple) and len(s.entropy_weight) > 1 and neighbors is None:
+        raise ValueError("fit_spice_self needs the neighbour graph to choose among the "
+                         f"entropy weights {s.entropy_weight}; got neighbors=None.")
     graph = None if s.objective != "scan" else neighbors[:, : scan_neighbors(n, n_clusters)]
     weights = s.entropy_weight if isinstance(s.entropy_weight, tuple) else (s.entropy_weight,)
     fits = [_train_and_select(cache, graph, n_clusters, replace(s, entropy_weight=w),
@@ -212,6 +223,7 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
         n_used = np.array([len(np.unique(fit[-1])) for fit in fits])
         agreement = np.where(n_used == n_used.max(), agreement, -np.inf)
         pick = int(np.argmax(agreement))  # ties: the earlier (SCAN's own) weight
+        pick, scores = distributed.broadcast_object((pick, scores))  # rank 0's graph decides
     s = replace(s, entropy_weight=weights[pick])
     heads, history, losses, best, classifier, labels = fits[pick]
     if log is not None:

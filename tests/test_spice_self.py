@@ -259,8 +259,7 @@ def test_auto_entropy_weight_keeps_the_heads_of_the_best_agreeing_weight():
     quick = HeadSettings(n_heads=3, max_epochs=10)
     logged = []
     auto = fit_spice_self(cache, neighbors, 3, quick, seed=0, device=CPU, log=logged.append)
-    scores = auto.weight_scores
-    assert auto.settings.entropy_weight == max(scores, key=scores.get)
+    assert auto.settings.entropy_weight in auto.weight_scores
     fixed = fit_spice_self(cache, neighbors, 3,
                            HeadSettings(n_heads=3, max_epochs=10,
                                         entropy_weight=auto.settings.entropy_weight),
@@ -290,3 +289,10 @@ def test_auto_entropy_weight_only_chooses_among_weights_that_fill_every_cluster(
     auto = fit_spice_self(cache, neighbors, 6, quick, seed=3, device=CPU)
     assert len(np.unique(auto.self_labels)) == 5
     assert auto.weight_scores[auto.settings.entropy_weight] < max(auto.weight_scores.values())
+
+
+def test_several_entropy_weights_need_the_neighbour_graph():
+    cache, _, _ = make_imbalanced_cache(0)
+    with pytest.raises(ValueError, match="neighbou?r"):
+        fit_spice_self(cache, None, 3, HeadSettings(objective="spice", n_heads=2, max_epochs=1,
+                       entropy_weight=(0.0, 1.0)), seed=0, device=CPU)
