@@ -33,10 +33,12 @@ from tqdm.auto import tqdm
 
 from .heads import MultiHeadClassifier, head_probabilities, step_heads
 from .losses import entropy_regularised, neighbour_consistency
+from .neighbors import reliability_scores
 
 __all__ = ["SCAN_NEIGHBORS", "SCAN_ENTROPY_WEIGHT", "SCAN_ENTROPY_WEIGHTS",
            "AGREEMENT_NEIGHBORS", "scan_neighbors", "default_scan_epochs",
-           "default_scan_minibatch_size", "train_scan_heads", "scan_selection_losses", "neighbour_agreement"]
+           "default_scan_minibatch_size", "train_scan_heads", "scan_selection_losses",
+           "neighbour_agreement"]
 
 #: Neighbours per sample (SCAN's CIFAR setting), capped below the average cluster size.
 SCAN_NEIGHBORS = 20
@@ -170,6 +172,5 @@ def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
     float
         The share of (sample, neighbour) pairs whose labels are equal.
     """
-    labels = np.asarray(labels)
-    neighbors = np.asarray(neighbors)[:, :n_neighbors]
-    return float((labels[neighbors] == labels[:, None]).mean())
+    # every sample has the same number of neighbours: the mean of SPICE's reliabilities
+    return float(reliability_scores(np.asarray(neighbors)[:, :n_neighbors], labels).mean())

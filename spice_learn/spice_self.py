@@ -216,7 +216,8 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     scores, pick = None, 0
     if len(fits) > 1:  # label-free: the clustering that best follows the neighbour graph
         n_agree = min(AGREEMENT_NEIGHBORS, neighbors.shape[1])
-        agreement = [neighbour_agreement(fit[-1], neighbors.cpu(), n_agree) for fit in fits]
+        graph_on_host = neighbors[:, :n_agree].cpu()
+        agreement = [neighbour_agreement(fit[-1], graph_on_host, n_agree) for fit in fits]
         scores = {float(w): a for w, a in zip(weights, agreement)}
         # Merging clusters only raises the agreement: only the weights whose clustering
         # uses the most clusters (all n_clusters, as a rule) are eligible.
