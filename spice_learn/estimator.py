@@ -119,7 +119,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         and keeps the weight whose clusters best follow the graph of up to 10
         nearest neighbours, among those that fill the most clusters (label-free;
         lower weights allow clusters of uneven sizes, see
-        :func:`spice_learn.scan_heads.neighbour_agreement`), which triples the
+        :func:`spice_learn.neighbors.neighbour_agreement`), which triples the
         head training time; with "spice" heads 0 below 50 clusters and 1 from 50 on.
     n_weak_views, n_strong_views : int or "auto", default="auto"
         Augmented views cached per image, each one backbone pass and ``D`` floats
@@ -167,7 +167,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     semi_rounds : int, default=2
         SPICE-Semi rounds (the paper runs one); each further round takes the
         reliable samples from the previous round's clusters and trains again.
-        Rounds stop early when no sample is reliable or a round empties a cluster.
+        Rounds stop early when no sample is reliable or a round empties a
+        cluster; with "head", a round is also undone (and the rounds end) when its
+        clustering agrees less with the 10-nearest-neighbour graph than the one it
+        started from (:func:`spice_learn.spice_semi.run_spice_semi`).
     semi_time : float or None, default=None
         Wall-clock budget of each SPICE-Semi round in seconds (None: no budget).
     semi_batch_size : int, default=64
@@ -235,8 +238,12 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         The number of neighbours SPICE-Semi's reliability used (``n_neighbors``
         resolved for this data set; None when ``semi=None``).
     semi_history_ : ndarray of shape (n_steps, 3) or None
-        Per SPICE-Semi step of all rounds: supervised loss, unlabelled loss and
-        share of unlabelled samples above ``semi_threshold``.
+        Per SPICE-Semi step of the kept rounds: supervised loss, unlabelled loss
+        and share of unlabelled samples above ``semi_threshold`` (None when no
+        round was kept).
+    semi_rounds_ : int or None
+        SPICE-Semi rounds kept (0: the SPICE-Self clustering is the result; None
+        with ``semi=None``).
     n_clusters_ : int
         The number of clusters used (the chosen one with "auto" or candidates).
     n_clusters_scores_ : dict or None
@@ -356,6 +363,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.reliability_, self.reliable_mask_, self.semi_history_ = (None,) * 3 if (
             semi is None) else (semi.reliability, semi.reliable, semi.history)
         self.n_neighbors_ = None if semi is None else settings.semi.n_neighbors
+        self.semi_rounds_ = None if semi is None else semi.rounds
         self.plan_ = fitted_plan(settings, stage1, spice_self.history.shape[0])
         self.n_clusters_, self.n_clusters_scores_ = settings.n_clusters, scores
         warn_empty_clusters(labels, self.n_clusters_, stacklevel=4)

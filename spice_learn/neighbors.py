@@ -1,7 +1,10 @@
-"""Cosine nearest neighbours, exact, and the reliability score of SPICE-Semi.
+"""Cosine nearest neighbours, exact, the reliability score of SPICE-Semi, and the
+agreement of a clustering with the neighbour graph.
 
 SPICE-Semi (paper section 3.3, Eq. 5) calls a sample reliable when most of its
-``n_s`` nearest neighbours in the embedding space share its cluster.
+``n_s`` nearest neighbours in the embedding space share its cluster; the mean of
+those scores over the data set (:func:`neighbour_agreement`) compares clusterings
+without labels.
 :func:`nearest_neighbors` finds them exactly with one of two backends:
 
 - ``"torch"`` multiplies one block of rows at a time against all samples and
@@ -26,7 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nearest_neighbors", "reliability_scores"]
+__all__ = ["AGREEMENT_NEIGHBORS", "nearest_neighbors", "reliability_scores",
+           "neighbour_agreement"]
+
+#: Neighbours per sample of :func:`neighbour_agreement` when it compares clusterings
+#: (SPICE-Self's entropy weights, SPICE-Semi's rounds).
+AGREEMENT_NEIGHBORS = 10
 
 #: Bytes of one block of the similarity matrix (rows x N float32 values).
 DEFAULT_BLOCK_BYTES = 64 << 20
@@ -196,3 +204,31 @@ def reliability_scores(neighbors, labels):
     neighbors = np.asarray(neighbors)
     labels = np.asarray(labels)
     return (labels[neighbors] == labels[:, None]).mean(axis=1)
+
+
+def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
+    """Share of (sample, neighbour) pairs in the same cluster, in ``[0, 1]``.
+
+    Label-free: ``labels`` is a clustering, ``neighbors`` the nearest-neighbour
+    graph of the embedding it was found in. It rises when clusters follow the
+    graph's dense regions and falls when a cluster boundary cuts through one;
+    ``entropy_weight="auto"`` keeps the weight whose clustering scores highest, and
+    SPICE-Semi's "head" mode undoes a round whose clustering scores lower than the one
+    it started from.
+
+    Parameters
+    ----------
+    labels : array-like of shape (N,)
+        Cluster of each sample.
+    neighbors : array-like of shape (N, n), int
+        Neighbours of each sample, nearest first.
+    n_neighbors : int, default=AGREEMENT_NEIGHBORS
+        How many of the first columns of ``neighbors`` count (all when fewer).
+
+    Returns
+    -------
+    float
+        The share of (sample, neighbour) pairs whose labels are equal.
+    """
+    # every sample has the same number of neighbours: the mean of SPICE's reliabilities
+    return float(reliability_scores(np.asarray(neighbors)[:, :n_neighbors], labels).mean())

@@ -15,7 +15,7 @@ embeddings). After training, the head with the lowest loss over the whole data
 set (original embeddings, every neighbour) is kept, as SPICE keeps the head with
 the lowest DS-CE. With ``entropy_weight="auto"`` heads are trained at each weight
 of :data:`SCAN_ENTROPY_WEIGHTS`, and the weight whose kept head agrees best with
-the 10-nearest-neighbour graph (:func:`neighbour_agreement`) wins, among the
+the 10-nearest-neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`) wins, among the
 weights whose clustering fills the most clusters: a label-free choice between
 SCAN's balanced clusters and clusters of uneven sizes.
 
@@ -33,12 +33,10 @@ from tqdm.auto import tqdm
 
 from .heads import MultiHeadClassifier, head_probabilities, step_heads
 from .losses import entropy_regularised, neighbour_consistency
-from .neighbors import reliability_scores
 
 __all__ = ["SCAN_NEIGHBORS", "SCAN_ENTROPY_WEIGHT", "SCAN_ENTROPY_WEIGHTS",
-           "AGREEMENT_NEIGHBORS", "scan_neighbors", "default_scan_epochs",
-           "default_scan_minibatch_size", "train_scan_heads", "scan_selection_losses",
-           "neighbour_agreement"]
+           "scan_neighbors", "default_scan_epochs", "default_scan_minibatch_size",
+           "train_scan_heads", "scan_selection_losses"]
 
 #: Neighbours per sample (SCAN's CIFAR setting), capped below the average cluster size.
 SCAN_NEIGHBORS = 20
@@ -48,10 +46,8 @@ SCAN_NEIGHBORS = 20
 SCAN_ENTROPY_WEIGHT = 5.0
 #: The entropy weights ``entropy_weight="auto"`` tries with "scan" heads, SCAN's first.
 #: Heads are trained at each; the weight whose selected head agrees best with the
-#: neighbour graph (:func:`neighbour_agreement`) is kept.
+#: neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`) is kept.
 SCAN_ENTROPY_WEIGHTS = (SCAN_ENTROPY_WEIGHT, 2.0, 1.0)
-#: Neighbours per sample of :func:`neighbour_agreement` when it chooses the weight.
-AGREEMENT_NEIGHBORS = 10
 
 
 def scan_neighbors(n_samples, n_clusters):
@@ -148,29 +144,3 @@ def scan_selection_losses(heads, cache, neighbors, *, entropy_weight):
     for j in range(neighbors.shape[1]):
         total += neighbour_consistency(probs, probs[:, neighbors[:, j]])
     return entropy_regularised(total / neighbors.shape[1], probs, entropy_weight).cpu().numpy()
-
-
-def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
-    """Share of (sample, neighbour) pairs in the same cluster, in ``[0, 1]``.
-
-    Label-free: ``labels`` is a clustering, ``neighbors`` the nearest-neighbour
-    graph of the embedding it was found in. It rises when clusters follow the
-    graph's dense regions and falls when a cluster boundary cuts through one;
-    ``entropy_weight="auto"`` keeps the weight whose clustering scores highest.
-
-    Parameters
-    ----------
-    labels : array-like of shape (N,)
-        Cluster of each sample.
-    neighbors : array-like of shape (N, n), int
-        Neighbours of each sample, nearest first.
-    n_neighbors : int, default=AGREEMENT_NEIGHBORS
-        How many of the first columns of ``neighbors`` count (all when fewer).
-
-    Returns
-    -------
-    float
-        The share of (sample, neighbour) pairs whose labels are equal.
-    """
-    # every sample has the same number of neighbours: the mean of SPICE's reliabilities
-    return float(reliability_scores(np.asarray(neighbors)[:, :n_neighbors], labels).mean())

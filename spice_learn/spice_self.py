@@ -26,14 +26,13 @@ from tqdm.auto import tqdm
 from . import distributed
 from .heads import MultiHeadClassifier, head_probabilities, step_heads
 from .losses import double_softmax_cross_entropy, entropy_regularised
+from .neighbors import AGREEMENT_NEIGHBORS, neighbour_agreement
 from .pseudo_labels import assign_pseudo_labels, cluster_prototypes, n_confident
 from .runtime import autocast_dtype
 from .scan_heads import (
-    AGREEMENT_NEIGHBORS,
     SCAN_ENTROPY_WEIGHTS,
     default_scan_epochs,
     default_scan_minibatch_size,
-    neighbour_agreement,
     scan_neighbors,
     scan_selection_losses,
     train_scan_heads,
@@ -145,7 +144,7 @@ class SpiceSelfResult:
     settings : HeadSettings
         The resolved settings, with the chosen ``entropy_weight``.
     weight_scores : dict or None
-        Candidate entropy weight to the :func:`~spice_learn.scan_heads.neighbour_agreement`
+        Candidate entropy weight to the :func:`~spice_learn.neighbors.neighbour_agreement`
         of its selected head, when there were candidates to choose from.
     """
 
@@ -196,8 +195,8 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     When the resolved ``entropy_weight`` is a tuple of candidates, heads are trained
     at each weight with the same seed, one head is selected per weight as usual, and
     the weight whose selected head's clustering shares the most pairs of
-    :data:`~spice_learn.scan_heads.AGREEMENT_NEIGHBORS` nearest neighbours
-    (:func:`~spice_learn.scan_heads.neighbour_agreement`) is kept, with its heads,
+    :data:`~spice_learn.neighbors.AGREEMENT_NEIGHBORS` nearest neighbours
+    (:func:`~spice_learn.neighbors.neighbour_agreement`) is kept, with its heads,
     among the weights whose clustering uses the most clusters (all ``n_clusters``
     unless no weight's does): merging clusters can only raise the agreement.
 

@@ -42,7 +42,12 @@ from .embedding import embed_images
 from .heads import MultiHeadClassifier, head_probabilities
 from .image_stream import image_batches
 from .losses import fixmatch_loss, semi_loss  # noqa: F401  (fixmatch_loss: re-exported)
-from .neighbors import nearest_neighbors, reliability_scores
+from .neighbors import (
+    AGREEMENT_NEIGHBORS,
+    nearest_neighbors,
+    neighbour_agreement,
+    reliability_scores,
+)
 from .runtime import autocast_dtype, compiled, derived_seed, isolated_rng
 
 __all__ = ["SEMI_LEARNING_RATES", "SemiSettings", "SemiResult", "default_semi_learning_rate",
@@ -400,8 +405,10 @@ class SemiSettings:
     resolved by :func:`reliability_neighbors`), ``reliability_threshold``
     (``tau_c``), ``threshold`` (``tau``), ``steps`` and ``rounds``, ``max_time`` per
     round, ``batch_size`` (``B``), ``mu``, ``learning_rate``, ``ema_decay``,
-    ``hidden_dim`` of the "head" classifier (None: the feature dimension), and the
-    embedding's ``embed_batch_size`` and ``compile`` ("finetune" embeds again)."""
+    ``hidden_dim`` of the "head" classifier (None: the feature dimension), the
+    embedding's ``embed_batch_size`` and ``compile`` ("finetune" embeds again), and
+    ``check_agreement``: in the "head" mode, undo a round whose clustering agrees
+    less with the neighbour graph than the one it started from."""
 
     mode: str = "head"
     n_neighbors: int = 10
@@ -417,20 +424,22 @@ class SemiSettings:
     hidden_dim: int | None = None
     embed_batch_size: int = 256
     compile: bool = False
+    check_agreement: bool = True
 
 
 @dataclass(frozen=True)
 class SemiResult:
     """Result of :func:`run_spice_semi`: the ``classifier`` and the ``features`` it
     was trained for, the ``reliability`` scores and ``reliable`` mask at the start
-    of the last kept round (of round 1 when none was kept), and the steps'
-    ``history`` of the kept rounds (None when none was kept)."""
+    of the last kept round (of round 1 when none was kept), the steps' ``history``
+    of the kept rounds (None when none was kept), and the number of kept ``rounds``."""
 
     classifier: MultiHeadClassifier
     features: torch.Tensor
     reliability: np.ndarray
     reliable: np.ndarray
     history: np.ndarray | None
+    rounds: int = 0
 
 
 def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, seed, device,
@@ -441,9 +450,21 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
     (:func:`reliable_samples`), refines the classifier on the reliable ones and
     hands its clusters to the next round (self-training: a fresh classifier in the
     "head" mode; the same backbone and classifier go on in "finetune";
-    ``benchmarks/run_semi_rounds.py`` compares 1 and 2 rounds). A round that leaves a non-empty cluster
-    empty is undone and ends SPICE-Semi (a label-free check: ``n_clusters`` is the
-    user's choice); so does a round without reliable samples (with a warning).
+    ``benchmarks/run_semi_rounds.py`` compares 1 and 2 rounds). Label-free checks
+    end SPICE-Semi:
+
+    * a round without reliable samples is skipped, with a warning;
+    * a round that leaves a non-empty cluster empty is undone, with a warning
+      (``n_clusters`` is the user's choice);
+    * in the "head" mode (``settings.check_agreement``), a round whose clustering
+      fills as many clusters as the one it started from but shares fewer pairs of
+      the :data:`~spice_learn.neighbors.AGREEMENT_NEIGHBORS` nearest neighbours
+      (:func:`~spice_learn.neighbors.neighbour_agreement`) is undone (logged); one
+      that fills more is kept (merging clusters only raises the agreement, so
+      fewer clusters would always win). The classifier is trained on augmented
+      views and can draw boundaries that the original embeddings' neighbourhoods
+      do not support. The "finetune" mode changes the embedding itself, so the
+      old graph cannot judge it.
 
     Parameters
     ----------
@@ -455,7 +476,8 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
     labels : ndarray of shape (N,)
         SPICE-Self clusters.
     neighbors : torch.Tensor of shape (N, n) or None
-        Neighbours sorted by similarity, ``n >= settings.n_neighbors`` (None: searched here).
+        Neighbours sorted by similarity, ``n >= settings.n_neighbors`` (None: searched
+        here); the agreement check uses the first ``min(n, AGREEMENT_NEIGHBORS)``.
     settings : SemiSettings
     seed : int
         Round ``r`` uses ``seed + r``.
@@ -464,13 +486,20 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
         "finetune" only: the backbone (trained in place), the images and the flip setting.
     verbose : int
     log : callable or None
-        Called with one line per kept round.
+        Called with one line per kept or undone round.
 
     Returns
     -------
     SemiResult
     """
     n_s, s = settings.n_neighbors, settings
+    graph = agreement = None  # "head": the graph that judges the rounds, and the agreement
+    if s.mode == "head" and s.check_agreement:
+        if neighbors is None:  # the features stay fixed: one search serves every round
+            neighbors = nearest_neighbors(features, max(n_s, AGREEMENT_NEIGHBORS), device=device)
+        n_agree = min(AGREEMENT_NEIGHBORS, neighbors.shape[1])
+        graph = neighbors[:, :n_agree].cpu()
+        agreement = neighbour_agreement(labels, graph, n_agree)
     if neighbors is not None:  # searched before (sorted by similarity): keep the n_s nearest
         neighbors = neighbors[:, :n_s]
     reliability = reliable = None
@@ -513,6 +542,18 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
                 extractor.module.load_state_dict(saved[0])
                 classifier.load_state_dict(saved[1])
             break
+        if graph is not None:
+            new_agreement = neighbour_agreement(new_labels, graph, n_agree)
+            # Filling more clusters lowers the agreement (merging only raises it), so
+            # only rounds that fill as many are compared. Rank 0 decides: the
+            # processes' graphs may differ in near-ties.
+            if distributed.broadcast_object(after == before and new_agreement < agreement):
+                if log is not None:
+                    log(f"SPICE-Semi ({s.mode}) round {round_ + 1} undone: its clusters share "
+                        f"{new_agreement:.2%} of {n_agree}-neighbour pairs, fewer than the "
+                        f"{agreement:.2%} it started from; {kept}")
+                break
+            agreement = new_agreement
         if log is not None:
             log(f"SPICE-Semi ({s.mode}) round {round_ + 1}: {mask.mean():.1%} "
                 f"reliable samples ({n_s} neighbours), {len(history)} steps, "
@@ -521,7 +562,7 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
         reliability, reliable = scores, mask
         histories.append(history)
     history = np.concatenate(histories) if histories else None
-    return SemiResult(classifier, features, reliability, reliable, history)
+    return SemiResult(classifier, features, reliability, reliable, history, len(histories))
 
 
 def _refine(cache, classifier, labels, reliable, s, seed, device, extractor, images, flip,

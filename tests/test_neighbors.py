@@ -1,4 +1,5 @@
-"""Tests of spice_learn.neighbors (cosine neighbours with torch or faiss, reliability scores)."""
+"""Tests of spice_learn.neighbors (cosine neighbours with torch or faiss, reliability scores,
+neighbour agreement)."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from spice_learn import neighbors as neighbors_module
-from spice_learn.neighbors import nearest_neighbors, reliability_scores
+from spice_learn.neighbors import nearest_neighbors, neighbour_agreement, reliability_scores
 
 
 def brute_force(X, k):
@@ -266,3 +267,12 @@ def test_faiss_blocks_of_queries_give_the_same_neighbours(monkeypatch):
     monkeypatch.setattr(neighbors, "FAISS_QUERY_ROWS", 7)  # 8 blocks, the last of 1 row
     assert torch.equal(nearest_neighbors(X, 5, backend="faiss"), whole)
     assert torch.equal(nearest_neighbors(X, 5, backend="torch"), whole)
+
+
+def test_neighbour_agreement_counts_pairs_in_the_same_cluster():
+    neighbors = np.array([[1, 2], [0, 2], [3, 0], [2, 1]])
+    labels = np.array([0, 0, 1, 1])
+    assert neighbour_agreement(labels, neighbors, n_neighbors=1) == 1.0
+    assert neighbour_agreement(labels, neighbors, n_neighbors=2) == 0.5  # second column: none
+    assert neighbour_agreement(np.array([0, 1, 1, 1]), neighbors, n_neighbors=1) == 0.5
+    assert neighbour_agreement(labels, torch.as_tensor(neighbors), n_neighbors=5) == 0.5

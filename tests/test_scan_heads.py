@@ -7,12 +7,7 @@ from spice_learn.heads import MultiHeadClassifier
 from spice_learn.losses import neighbour_consistency
 from spice_learn.metrics import cluster_accuracy
 from spice_learn.neighbors import nearest_neighbors
-from spice_learn.scan_heads import (
-    default_scan_epochs,
-    neighbour_agreement,
-    scan_selection_losses,
-    train_scan_heads,
-)
+from spice_learn.scan_heads import default_scan_epochs, scan_selection_losses, train_scan_heads
 from test_spice_self import D, K, make_cache
 
 CPU = torch.device("cpu")
@@ -94,12 +89,3 @@ def test_default_scan_minibatch_size():
     assert default_scan_minibatch_size(100) == 16
     assert default_scan_minibatch_size(1797) == 224
     assert default_scan_minibatch_size(70_000) == 256
-
-
-def test_neighbour_agreement_counts_pairs_in_the_same_cluster():
-    neighbors = np.array([[1, 2], [0, 2], [3, 0], [2, 1]])
-    labels = np.array([0, 0, 1, 1])
-    assert neighbour_agreement(labels, neighbors, n_neighbors=1) == 1.0
-    assert neighbour_agreement(labels, neighbors, n_neighbors=2) == 0.5  # second column: none
-    assert neighbour_agreement(np.array([0, 1, 1, 1]), neighbors, n_neighbors=1) == 0.5
-    assert neighbour_agreement(labels, torch.as_tensor(neighbors), n_neighbors=5) == 0.5

@@ -73,6 +73,79 @@ def test_semi_needs_a_reliable_sample():
         _semi_head(cache, y, np.zeros(len(y), bool))
 
 
+def _cross_cut_labels(cache, n_clusters, seed=0):
+    """Equal-sized clusters by quantiles of a random projection: every cluster is
+    filled, but the boundaries cut through the blobs and their neighbourhoods."""
+    r = torch.randn(cache.original.shape[1], generator=torch.Generator().manual_seed(seed))
+    order = torch.argsort(cache.original.float() @ r).numpy()
+    labels = np.empty(len(order), int)
+    labels[order] = np.arange(len(order)) * n_clusters // len(order)
+    return labels
+
+
+def _semi_rounds(cache, labels, train_labels, monkeypatch, **settings):
+    """run_spice_semi from ``labels``, its rounds' heads trained on ``train_labels``."""
+    real = spice_semi.train_semi_head
+
+    def trained_on(cache, labels, reliable, **kwargs):
+        return real(cache, train_labels, np.ones(len(labels), bool), **kwargs)
+
+    monkeypatch.setattr(spice_semi, "train_semi_head", trained_on)
+    n, dim = cache.original.shape
+    start = MultiHeadClassifier(1, dim, dim, 4, generator=torch.Generator().manual_seed(0))
+    params = dict(n_neighbors=10, steps=150, rounds=2, batch_size=16, mu=3,
+                  learning_rate=1e-2, threshold=0.9)
+    params.update(settings)
+    lines = []
+    result = spice_semi.run_spice_semi(
+        cache, cache.original, start, labels, None, spice_semi.SemiSettings(**params),
+        seed=0, device=CPU, log=lines.append)
+    pred = head_probabilities(result.classifier, cache.original)[0].argmax(1).numpy()
+    return result, start, pred, lines
+
+
+def test_a_round_that_agrees_less_with_the_neighbours_is_undone(monkeypatch):
+    # The round's head learns clusters that cut through the blobs: all four are
+    # filled (the empty-cluster check passes), but the 10-neighbour agreement drops.
+    cache, y = make_cache(seed=5)
+    cut = _cross_cut_labels(cache, 4)
+    result, start, pred, lines = _semi_rounds(cache, y, cut, monkeypatch)
+    assert result.classifier is start and result.rounds == 0 and result.history is None
+    np.testing.assert_array_equal(
+        pred, head_probabilities(start, cache.original)[0].argmax(1).numpy())
+    assert len(lines) == 1 and "round 1 undone" in lines[0]
+    assert "SPICE-Self clustering is kept" in lines[0]
+
+
+def test_a_round_that_agrees_at_least_as_well_is_kept(monkeypatch):
+    # From the cross-cut clustering, a head trained on the blobs raises the agreement.
+    cache, y = make_cache(seed=5)
+    cut = _cross_cut_labels(cache, 4)
+    result, start, pred, lines = _semi_rounds(cache, cut, y, monkeypatch)
+    assert result.rounds == 2 and result.history.shape == (2 * 150, 3)
+    assert cluster_accuracy(y, pred) > 0.97
+    assert all("undone" not in line for line in lines)
+
+
+def test_a_round_that_fills_more_clusters_is_kept(monkeypatch):
+    # One cluster agrees with every neighbour; splitting it can only lower the agreement
+    # (here a lot: the round learns the cross-cut clusters).
+    cache, y = make_cache(seed=5)
+    cut = _cross_cut_labels(cache, 4)
+    result, start, pred, lines = _semi_rounds(cache, np.zeros(len(y), int), cut, monkeypatch,
+                                              rounds=1)
+    assert result.rounds == 1 and len(np.unique(pred)) == 4
+    assert all("undone" not in line for line in lines)
+
+
+def test_the_agreement_check_can_be_turned_off(monkeypatch):
+    cache, y = make_cache(seed=5)
+    cut = _cross_cut_labels(cache, 4)
+    result, start, pred, _ = _semi_rounds(cache, y, cut, monkeypatch, check_agreement=False)
+    assert result.rounds == 2 and len(np.unique(pred)) == 4
+    assert cluster_accuracy(y, pred) < 0.8  # the cut clusters were kept
+
+
 def _tiny_images(n=24, size=12, seed=0):
     """Two kinds of images: bright left half or bright right half, with noise."""
     rng = np.random.default_rng(seed)
