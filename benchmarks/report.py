@@ -54,7 +54,7 @@ def write_section(key, markdown):
 
 
 def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, section, table,
-                  worker, summary):
+                  worker, summary, own_rows=None):
     """The command line every ``run_*.py`` over data sets and seeds shares.
 
     Each (data set, seed) runs ``script --worker NAME --seeds SEED`` in a fresh process,
@@ -62,16 +62,28 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
     ``RESULT {json}`` line; results are merged into ``results_file`` (keyed by data set
     and seed) and ``table(results)`` is written to the ``section`` of
     docs/benchmarks.md after each run. ``summary(info)`` is the one line printed.
+
+    ``own_rows`` (the names of the rows that depend on this repository) adds
+    ``--reuse-peers``: workers are called as ``worker(name, seed, peers=False)`` and
+    fit only those rows, and the other rows (the peers: scikit-learn, UMAP, ClustPy,
+    which do not change with this code) are copied from the stored result of the same
+    data set and seed, whose commit is kept as ``peers_commit``. A (data set, seed)
+    without a stored result runs everything.
     """
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(loaders), choices=list(loaders))
     parser.add_argument("--seeds", type=int, nargs="+", default=default_seeds)
     parser.add_argument("--table-only", action="store_true",
                         help="rewrite the docs/benchmarks.md section from the stored results")
+    if own_rows is not None:
+        parser.add_argument("--reuse-peers", action="store_true",
+                            help="fit only SpiceClustering; copy the other methods' rows from "
+                                 "the stored result of the same data set and seed")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    reuse = getattr(args, "reuse_peers", False)
     if args.worker:
-        return worker(args.worker, args.seeds[0])
+        return worker(args.worker, args.seeds[0], **({"peers": False} if reuse else {}))
     results = json.loads(results_file.read_text()) if results_file.exists() else []
     if args.table_only:
         print(f"wrote {write_section(section, table(results))}")
@@ -79,14 +91,21 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
     print(f"machine: {machine()}", flush=True)
     for name in args.datasets:
         for seed in args.seeds:
+            old = [r for r in results if (r["dataset"], r["seed"]) == (name, seed)]
+            peers_from = old[0] if reuse and old else None
             print(f"{name}, seed {seed}: load average {os.getloadavg()[0]:.2f} ...", flush=True)
-            out = subprocess.run([sys.executable, script, "--worker", name, "--seeds",
-                                  str(seed)], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, script, "--worker", name, "--seeds", str(seed)]
+                                 + (["--reuse-peers"] if peers_from else []),
+                                 capture_output=True, text=True)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode != 0 or not line:
                 print(out.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{name} (seed {seed}) failed")
             info = json.loads(line[-1][len("RESULT "):])
+            if peers_from is not None:
+                info["rows"].update({m: v for m, v in peers_from["rows"].items()
+                                     if m not in own_rows})
+                info["peers_commit"] = peers_from.get("peers_commit", peers_from["commit"])
             print("  " + summary(info), flush=True)
             results = [r for r in results if (r["dataset"], r["seed"]) != (name, seed)] + [info]
             results_file.parent.mkdir(parents=True, exist_ok=True)

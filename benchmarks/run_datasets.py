@@ -12,7 +12,9 @@ SpiceClustering fit gives two rows: its final clustering (``labels_``, after
 SPICE-Semi) and the clustering of its selected head (``self_labels_``). The load
 average is printed before each fit and stored. Labels are used only to score.
 Results go to ``benchmarks/results/datasets.json`` and the ``datasets`` section of
-docs/benchmarks.md after each run.
+docs/benchmarks.md after each run. ``--reuse-peers`` fits only SpiceClustering and
+copies the peers' rows from the stored result of the same data set and seed (they do
+not depend on this code; the table names the commit they ran at).
 
 Usage::
 
@@ -48,9 +50,12 @@ LOADERS = {
 RESULTS = Path(__file__).resolve().parent / "results" / "datasets.json"
 
 
-def worker(name, seed):
+#: The rows of one SpiceClustering fit; the others (the peers) do not depend on this code.
+OWN_ROWS = ("SpiceClustering (default)", "its selected head (self_labels_)")
+
+
+def worker(name, seed, peers=True):
     import numpy as np
-    from sklearn.cluster import KMeans
 
     from spice_learn import SpiceClustering
     from spice_learn.metrics import clustering_scores
@@ -62,8 +67,30 @@ def worker(name, seed):
     t = time.perf_counter()
     model.fit(x)
     fit_s = time.perf_counter() - t
-    rows = {"SpiceClustering (default)": (clustering_scores(y, model.labels_), fit_s),
-            "its selected head (self_labels_)": (clustering_scores(y, model.self_labels_), None)}
+    rows = dict(zip(OWN_ROWS, [(clustering_scores(y, model.labels_), fit_s),
+                                (clustering_scores(y, model.self_labels_), None)]))
+    if peers:
+        rows.update(peer_rows(x, y, k, seed))
+    info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": commit(),
+            "load_before_fit": load_before, "plan": {key: (list(v) if isinstance(v, tuple) else v)
+                                                     for key, v in model.plan_.items()},
+            "n_nonempty": int(len(np.unique(model.labels_))),
+            "entropy_weight": getattr(model, "entropy_weight_", None),
+            "entropy_weight_scores": getattr(model, "entropy_weight_scores_", None),
+            "semi_rounds": getattr(model, "semi_rounds_", None),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rows": {m: {**s, "seconds": sec} for m, (s, sec) in rows.items()}}
+    print("RESULT " + json.dumps(info), flush=True)
+
+
+def peer_rows(x, y, k, seed):
+    """KMeans, UMAP + KMeans and ClustPy's peers on the pixels: ``{name: (scores, seconds)}``."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    from spice_learn.metrics import clustering_scores
+
+    rows = {}
     pixels = x.reshape(len(x), -1).astype(np.float32) / 255
     t = time.perf_counter()
     km = KMeans(k, n_init=10, random_state=seed).fit_predict(pixels)
@@ -79,15 +106,7 @@ def worker(name, seed):
         labels = KMeans(k, n_init=10, random_state=seed).fit_predict(z)
         rows["UMAP + KMeans on pixels"] = (clustering_scores(y, labels), time.perf_counter() - t)
     rows.update(clustpy_peers(pixels, y, k, seed))
-    info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": commit(),
-            "load_before_fit": load_before, "plan": {key: (list(v) if isinstance(v, tuple) else v)
-                                                     for key, v in model.plan_.items()},
-            "n_nonempty": int(len(np.unique(model.labels_))),
-            "entropy_weight": getattr(model, "entropy_weight_", None),
-            "entropy_weight_scores": getattr(model, "entropy_weight_scores_", None),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rows": {m: {**s, "seconds": sec} for m, (s, sec) in rows.items()}}
-    print("RESULT " + json.dumps(info), flush=True)
+    return rows
 
 
 #: ClustPy's deep clusterers run on data sets of at most this many images: with their
@@ -167,9 +186,15 @@ def table(results):
                 commits = sorted({str(r["commit"]) for r in runs})
                 loads = ", ".join(f"{r['load_before_fit']:.1f}" for r in runs)
                 empty = [r["k"] - r["n_nonempty"] for r in runs]
-                note = (f"{'/'.join(commits)}; load {loads}; {plan['backbone']} at "
+                peers = sorted({str(r["peers_commit"]) for r in runs if "peers_commit" in r})
+                rounds = [r.get("semi_rounds") for r in runs]
+                note = (f"{'/'.join(commits)}"
+                        + (f" (peers' rows from {'/'.join(peers)})" if peers else "")
+                        + f"; load {loads}; {plan['backbone']} at "
                         f"{plan['input_size'][0]} px, {plan['pretrain_epochs']} SimCLR epochs, "
                         f"{plan['head_objective']} heads"
+                        + (f"; SPICE-Semi rounds kept {rounds}"
+                           if all(n is not None for n in rounds) else "")
                         + (f"; empty clusters {empty}" if any(empty) else ""))
             lines.append(
                 f"| {label if i == 0 else ''} | {method} | {np.mean(acc):.3f} | "
@@ -188,7 +213,7 @@ def _summary(info):
 def main(argv=None):
     return run_benchmark(argv, script=__file__, doc=__doc__, loaders=LOADERS,
                          default_seeds=[0, 1, 2], results_file=RESULTS, section="datasets",
-                         table=table, worker=worker, summary=_summary)
+                         table=table, worker=worker, summary=_summary, own_rows=OWN_ROWS)
 
 
 if __name__ == "__main__":
