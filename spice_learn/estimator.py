@@ -169,8 +169,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         reliable samples from the previous round's clusters and trains again.
         Rounds stop early when no sample is reliable or a round empties a
         cluster; with "head", a round is also undone (and the rounds end) when its
-        clustering agrees less with the 10-nearest-neighbour graph than the one it
-        started from (:func:`spice_learn.spice_semi.run_spice_semi`).
+        clustering fills as many clusters as the one it started from but agrees
+        less with the 10-nearest-neighbour graph
+        (:func:`spice_learn.spice_semi.run_spice_semi`).
     semi_time : float or None, default=None
         Wall-clock budget of each SPICE-Semi round in seconds (None: no budget).
     semi_batch_size : int, default=64

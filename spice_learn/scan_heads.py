@@ -15,9 +15,9 @@ embeddings). After training, the head with the lowest loss over the whole data
 set (original embeddings, every neighbour) is kept, as SPICE keeps the head with
 the lowest DS-CE. With ``entropy_weight="auto"`` heads are trained at each weight
 of :data:`SCAN_ENTROPY_WEIGHTS`, and the weight whose kept head agrees best with
-the 10-nearest-neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`) wins, among the
-weights whose clustering fills the most clusters: a label-free choice between
-SCAN's balanced clusters and clusters of uneven sizes.
+the 10-nearest-neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`)
+wins, among the weights whose clustering fills the most clusters: a label-free
+choice between SCAN's balanced clusters and clusters of uneven sizes.
 
 SCAN's own paper reports KMeans at about 66 % on its SimCLR
 features of CIFAR-10 and 82 % for this loss on the same features; the reason is
