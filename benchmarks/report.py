@@ -68,7 +68,8 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
     fit only those rows, and the other rows (the peers: scikit-learn, UMAP, ClustPy,
     which do not change with this code) are copied from the stored result of the same
     data set and seed, whose commit is kept as ``peers_commit``. A (data set, seed)
-    without a stored result runs everything.
+    without a stored result runs everything; one whose stored result has another
+    ``n`` or ``k`` stops with an error.
     """
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(loaders), choices=list(loaders))
@@ -103,6 +104,9 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
                 raise SystemExit(f"{name} (seed {seed}) failed")
             info = json.loads(line[-1][len("RESULT "):])
             if peers_from is not None:
+                if (peers_from.get("n"), peers_from.get("k")) != (info.get("n"), info.get("k")):
+                    raise SystemExit(f"{name} (seed {seed}): the stored result has other data "
+                                     "(n, k); run it again without --reuse-peers")
                 info["rows"].update({m: v for m, v in peers_from["rows"].items()
                                      if m not in own_rows})
                 info["peers_commit"] = peers_from.get("peers_commit", peers_from["commit"])

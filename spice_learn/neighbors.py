@@ -213,8 +213,9 @@ def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
     graph of the embedding it was found in. It rises when clusters follow the
     graph's dense regions and falls when a cluster boundary cuts through one;
     ``entropy_weight="auto"`` keeps the weight whose clustering scores highest, and
-    SPICE-Semi's "head" mode undoes a round whose clustering scores lower than the one
-    it started from.
+    SPICE-Semi's "head" mode undoes a round whose clustering fills as many clusters
+    but scores lower than the one it started from. Clusterings with the same number
+    of agreeing pairs score exactly the same.
 
     Parameters
     ----------
@@ -230,5 +231,8 @@ def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
     float
         The share of (sample, neighbour) pairs whose labels are equal.
     """
-    # every sample has the same number of neighbours: the mean of SPICE's reliabilities
-    return float(reliability_scores(np.asarray(neighbors)[:, :n_neighbors], labels).mean())
+    # the mean of SPICE's reliabilities (every sample has as many neighbours), counted
+    # over all pairs at once: equal counts give equal floats
+    neighbors = np.asarray(neighbors)[:, :n_neighbors]
+    labels = np.asarray(labels)
+    return float(np.count_nonzero(labels[neighbors] == labels[:, None]) / neighbors.size)

@@ -30,6 +30,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, make_constrain
 from . import distributed
 from .backbones import FeatureExtractor, check_model_name
 from .cluster_count import check_n_clusters
+from .neighbors import AGREEMENT_NEIGHBORS
 from .representation import Stage1Settings, wants_pretraining
 from .runtime import torch_threads, usable_device
 from .scan_heads import scan_neighbors
@@ -181,15 +182,22 @@ class Settings:
     n_clusters: int | tuple = 10
 
     def neighbours_needed(self, n_clusters=None):
-        """Neighbours per sample one search must find for SPICE-Self ("scan" heads) and
-        SPICE-Semi's reliability together (each takes the nearest ones; 0: none); by
-        default for the smallest of the candidate numbers of clusters, which needs
-        the most."""
+        """Neighbours per sample one search must find for SPICE-Self ("scan" heads and
+        their entropy-weight choice) and SPICE-Semi (reliability, and the agreement
+        check of "head") together, each taking the nearest ones (0: none); by default
+        for the smallest of the candidate numbers of clusters, which needs the most.
+        The neighbour agreement gets its :data:`~spice_learn.neighbors.AGREEMENT_NEIGHBORS`
+        (at most ``n_samples - 1``)."""
         if n_clusters is None:
             n_clusters = self.n_clusters if isinstance(self.n_clusters, int) else self.n_clusters[0]
-        n_scan = (scan_neighbors(self.n_samples, n_clusters)
-                  if self.heads.objective == "scan" else 0)
-        return max(n_scan, self.semi.n_neighbors if self.semi is not None else 0)
+        needed = [0]
+        if self.heads.objective == "scan":
+            needed += [scan_neighbors(self.n_samples, n_clusters), AGREEMENT_NEIGHBORS]
+        if self.semi is not None:
+            needed.append(self.semi.n_neighbors)
+            if self.semi.mode == "head" and self.semi.check_agreement:
+                needed.append(AGREEMENT_NEIGHBORS)
+        return min(max(needed), max(self.n_samples - 1, 0))
 
 
 def _auto(value):

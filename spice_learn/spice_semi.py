@@ -407,8 +407,9 @@ class SemiSettings:
     round, ``batch_size`` (``B``), ``mu``, ``learning_rate``, ``ema_decay``,
     ``hidden_dim`` of the "head" classifier (None: the feature dimension), the
     embedding's ``embed_batch_size`` and ``compile`` ("finetune" embeds again), and
-    ``check_agreement``: in the "head" mode, undo a round whose clustering agrees
-    less with the neighbour graph than the one it started from."""
+    ``check_agreement``: in the "head" mode, undo a round whose clustering fills as
+    many clusters as the one it started from but agrees less with the neighbour
+    graph."""
 
     mode: str = "head"
     n_neighbors: int = 10
@@ -486,7 +487,8 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
         "finetune" only: the backbone (trained in place), the images and the flip setting.
     verbose : int
     log : callable or None
-        Called with one line per kept or undone round.
+        Called with one line per kept round and per round undone by the agreement
+        check.
 
     Returns
     -------
@@ -496,9 +498,10 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
     graph = agreement = None  # "head": the graph that judges the rounds, and the agreement
     if s.mode == "head" and s.check_agreement:
         if neighbors is None:  # the features stay fixed: one search serves every round
-            neighbors = nearest_neighbors(features, max(n_s, AGREEMENT_NEIGHBORS), device=device)
+            n_search = min(max(n_s, AGREEMENT_NEIGHBORS), features.shape[0] - 1)
+            neighbors = nearest_neighbors(features, n_search, device=device)
         n_agree = min(AGREEMENT_NEIGHBORS, neighbors.shape[1])
-        graph = neighbors[:, :n_agree].cpu()
+        graph = torch.as_tensor(neighbors[:, :n_agree]).cpu()
         agreement = neighbour_agreement(labels, graph, n_agree)
     if neighbors is not None:  # searched before (sorted by similarity): keep the n_s nearest
         neighbors = neighbors[:, :n_s]

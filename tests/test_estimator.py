@@ -25,6 +25,7 @@ import spice_learn.view_cache as view_cache_module
 from spice_learn import SpiceClustering
 from spice_learn.backbones import build_backbone
 from spice_learn.metrics import cluster_accuracy
+from spice_learn.neighbors import AGREEMENT_NEIGHBORS
 
 N_BLOBS, N_FEATURES, N_CENTERS = 60, 8, 3
 N_IMAGES = 20
@@ -663,7 +664,8 @@ def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
     est = fast_precomputed(n_neighbors=100, semi_steps=5, **spice).fit(X)
     assert seen["k"] == est.n_neighbors_ == 60 // N_CENTERS - 1
     est = fast_precomputed(semi_steps=5, **spice).fit(X)  # "auto": a sixth of the average cluster
-    assert seen["k"] == est.n_neighbors_ == 60 // (6 * N_CENTERS)
+    assert est.n_neighbors_ == 60 // (6 * N_CENTERS)
+    assert seen["k"] == AGREEMENT_NEIGHBORS  # the agreement check of SPICE-Semi "head" needs more
     est = fast_precomputed(semi_steps=5, **spice).fit(blobs(n=6000)[0])  # stops at the paper's 100
     assert seen["k"] == est.n_neighbors_ == 100
     assert fast_precomputed(semi=None).fit(X).n_neighbors_ is None
@@ -896,6 +898,26 @@ def test_a_semi_round_that_empties_a_cluster_is_undone(monkeypatch):
     np.testing.assert_array_equal(est.labels_, calls[0])
     np.testing.assert_array_equal(est.predict(X), calls[0])
     assert est.semi_history_.shape == (200, 3)
+
+
+def test_a_semi_round_that_agrees_less_with_the_neighbours_is_undone(monkeypatch):
+    # The round's head learns equal-sized clusters cut across the blobs by a random
+    # projection: every cluster filled, but the 10-neighbour agreement drops.
+    X, _ = blobs(n=150)
+    real = spice_semi_module.train_semi_head
+
+    def cut_across(cache, labels, reliable, **kwargs):
+        r = torch.randn(cache.original.shape[1], generator=torch.Generator().manual_seed(0))
+        order = torch.argsort(cache.original.float() @ r).numpy()
+        cut = np.empty(len(order), int)
+        cut[order] = np.arange(len(order)) * N_CENTERS // len(order)
+        return real(cache, cut, np.ones(len(cut), bool), **kwargs)
+
+    monkeypatch.setattr(spice_semi_module, "train_semi_head", cut_across)
+    est = fast_precomputed(n_neighbors=10, semi_steps=100, max_epochs=30).fit(X)
+    assert est.semi_rounds_ == 0 and est.semi_history_ is None
+    np.testing.assert_array_equal(est.labels_, est.self_labels_)
+    np.testing.assert_array_equal(est.predict(X), est.self_labels_)
 
 
 def test_compile_wraps_the_backbone_in_every_stage(monkeypatch):

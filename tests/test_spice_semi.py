@@ -84,11 +84,13 @@ def _cross_cut_labels(cache, n_clusters, seed=0):
 
 
 def _semi_rounds(cache, labels, train_labels, monkeypatch, **settings):
-    """run_spice_semi from ``labels``, its rounds' heads trained on ``train_labels``."""
+    """run_spice_semi from ``labels``, its rounds' heads trained on ``train_labels`` (one
+    array for every round, or a list of one per round)."""
     real = spice_semi.train_semi_head
+    targets = iter(train_labels if isinstance(train_labels, list) else [train_labels] * 9)
 
     def trained_on(cache, labels, reliable, **kwargs):
-        return real(cache, train_labels, np.ones(len(labels), bool), **kwargs)
+        return real(cache, next(targets), np.ones(len(labels), bool), **kwargs)
 
     monkeypatch.setattr(spice_semi, "train_semi_head", trained_on)
     n, dim = cache.original.shape
@@ -125,6 +127,20 @@ def test_a_round_that_agrees_at_least_as_well_is_kept(monkeypatch):
     assert result.rounds == 2 and result.history.shape == (2 * 150, 3)
     assert cluster_accuracy(y, pred) > 0.97
     assert all("undone" not in line for line in lines)
+
+
+def test_each_round_is_judged_against_the_last_kept_one(monkeypatch):
+    # Round 1 (cut -> blobs) raises the agreement; round 2 splits one blob in two: still
+    # above the cut it all started from, but below round 1, so it is undone.
+    cache, y = make_cache(seed=5)
+    cut = _cross_cut_labels(cache, 4)
+    split = y.copy()
+    first = np.flatnonzero(y == 0)
+    split[first[: len(first) // 2]] = 1
+    result, start, pred, lines = _semi_rounds(cache, cut, [y, split], monkeypatch)
+    assert result.rounds == 1 and result.history.shape == (150, 3)
+    assert cluster_accuracy(y, pred) > 0.97
+    assert len(lines) == 2 and "round 2 undone" in lines[1]
 
 
 def test_a_round_that_fills_more_clusters_is_kept(monkeypatch):
