@@ -201,9 +201,13 @@ def reliability_scores(neighbors, labels):
     scores : ndarray of shape (N,), float64 in [0, 1]
         A sample is *reliable* when its score is at least ``tau_c`` (0.95 in the paper).
     """
-    neighbors = np.asarray(neighbors)
+    return _same_cluster(neighbors, labels).mean(axis=1)
+
+
+def _same_cluster(neighbors, labels):
+    """(N, n) bool: whether each neighbour has the sample's label."""
     labels = np.asarray(labels)
-    return (labels[neighbors] == labels[:, None]).mean(axis=1)
+    return labels[np.asarray(neighbors)] == labels[:, None]
 
 
 def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
@@ -233,6 +237,5 @@ def neighbour_agreement(labels, neighbors, n_neighbors=AGREEMENT_NEIGHBORS):
     """
     # the mean of SPICE's reliabilities (every sample has as many neighbours), counted
     # over all pairs at once: equal counts give equal floats
-    neighbors = np.asarray(neighbors)[:, :n_neighbors]
-    labels = np.asarray(labels)
-    return float(np.count_nonzero(labels[neighbors] == labels[:, None]) / neighbors.size)
+    same = _same_cluster(np.asarray(neighbors)[:, :n_neighbors], labels)
+    return float(np.count_nonzero(same) / same.size)

@@ -214,8 +214,8 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
                               seed=seed, device=device, verbose=verbose) for w in weights]
     scores, pick = None, 0
     if len(fits) > 1:  # label-free: the clustering that best follows the neighbour graph
-        n_agree = min(AGREEMENT_NEIGHBORS, neighbors.shape[1])
-        graph_on_host = neighbors[:, :n_agree].cpu()
+        graph_on_host = neighbors[:, :AGREEMENT_NEIGHBORS].cpu()  # all, when fewer
+        n_agree = graph_on_host.shape[1]
         agreement = [neighbour_agreement(fit[-1], graph_on_host, n_agree) for fit in fits]
         scores = {float(w): a for w, a in zip(weights, agreement)}
         # Merging clusters only raises the agreement: only the weights whose clustering

@@ -500,8 +500,8 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
         if neighbors is None:  # the features stay fixed: one search serves every round
             n_search = min(max(n_s, AGREEMENT_NEIGHBORS), features.shape[0] - 1)
             neighbors = nearest_neighbors(features, n_search, device=device)
-        n_agree = min(AGREEMENT_NEIGHBORS, neighbors.shape[1])
-        graph = torch.as_tensor(neighbors[:, :n_agree]).cpu()
+        graph = torch.as_tensor(neighbors[:, :AGREEMENT_NEIGHBORS]).cpu()  # all, when fewer
+        n_agree = graph.shape[1]
         agreement = neighbour_agreement(labels, graph, n_agree)
     if neighbors is not None:  # searched before (sorted by similarity): keep the n_s nearest
         neighbors = neighbors[:, :n_s]
