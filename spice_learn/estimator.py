@@ -70,9 +70,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         "auto" pretrains exactly a timm name with ``weights=None``; None never does;
         "simclr" always does (fine-tuning given weights).
     pretrain_epochs : int or "auto", default="auto"
-        Pretraining epochs. "auto": 100 on CUDA; on the CPU ``40 * sqrt(10,000 /
-        n_samples)`` clipped to 15-60 for grayscale images, and 2.5 times that,
-        clipped to 40-150, for colour images
+        Pretraining epochs. "auto": 100 on CUDA; on the CPU 60 for grayscale sets of
+        up to 20,000 images and ``60 * sqrt(20,000 / n_samples)`` (at least 15) above,
+        and ``100 * sqrt(10,000 / n_samples)`` clipped to 40-150 for colour images
         (:func:`spice_learn.representation.default_pretrain_epochs`).
     pretrain_time : float or None, default=None
         Wall-clock budget for pretraining in seconds (None: none; results then

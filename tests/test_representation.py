@@ -46,8 +46,10 @@ def test_auto_backbone_is_the_small_net_on_the_cpu_at_any_size():
 
 def test_pretrain_epochs_follow_the_data_size_on_the_cpu():
     assert default_pretrain_epochs(1797, CPU) == 60
-    assert default_pretrain_epochs(10_000, CPU) == 40
-    assert default_pretrain_epochs(70_000, CPU) == 15
+    assert default_pretrain_epochs(10_000, CPU) == 60
+    assert default_pretrain_epochs(20_000, CPU) == 60
+    assert default_pretrain_epochs(70_000, CPU) == 32
+    assert default_pretrain_epochs(400_000, CPU) == 15
     assert default_pretrain_epochs(200, CPU) == 60
     epochs = [default_pretrain_epochs(n, CPU) for n in (1000, 5000, 20_000, 100_000)]
     assert epochs == sorted(epochs, reverse=True)
