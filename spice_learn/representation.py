@@ -9,8 +9,9 @@ The CPU plan (``backbone="auto"``, ``pretrain_epochs="auto"``): a CPU trains a s
 on full-size images, and within minutes the number of contrastive steps matters
 more than the last bit of resolution. So on a CPU ``"auto"`` always picks the
 four-layer ``spice_convnet4`` and feeds it a working resolution of
-:data:`GRAY_INPUT_SIZE` px for grayscale images and :data:`COLOUR_INPUT_SIZE` px for
-colour ones; larger images are downsampled to it (smaller ones upsampled). On
+:data:`GRAY_INPUT_SIZE` px for grayscale images (larger ones are downsampled, smaller ones
+upsampled) and, for colour images, their own side clipped to 16-:data:`COLOUR_INPUT_SIZE`
+px (a 32-px photo is seen at 24 px, an 8-px icon at 16). On
 CUDA the GPU defaults stay: ``spice_convnet4`` up to 28 px, a ResNet-18 above.
 The number of SimCLR epochs follows the number of images
 (:func:`default_pretrain_epochs`), and :func:`estimate_seconds` turns the plan into
@@ -38,8 +39,9 @@ __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRA
 
 #: ``backbone="auto"`` on CUDA: the small conv net for images up to this size, else a ResNet-18.
 SMALL_BACKBONE, SMALL_BACKBONE_MAX_SIZE, DEFAULT_BACKBONE = "spice_convnet4", 28, "resnet18"
-#: Working resolution of ``spice_convnet4`` for grayscale and colour images.
-GRAY_INPUT_SIZE, COLOUR_INPUT_SIZE = 16, 16
+#: Working resolution of ``spice_convnet4`` for grayscale images, and the largest one
+#: for colour images (smaller colour images keep their side, but at least 16 px).
+GRAY_INPUT_SIZE, COLOUR_INPUT_SIZE = 16, 24
 #: Contrastive views per second that ``spice_convnet4`` trains on at 16 px, and images
 #: per second it embeds with a cached view's augmentation, on 2 idle cores (measured
 #: with bf16 autocast on the development machine; compute grows with the pixel count).
@@ -177,10 +179,19 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
 
 
 def _working_size(name, colour, image_size):
-    """Input size of ``spice_convnet4`` for the data; None (the model's own) otherwise."""
+    """Input size of ``spice_convnet4`` for the data; None (the model's own) otherwise.
+
+    Grayscale images: :data:`GRAY_INPUT_SIZE`. Colour images: their larger side,
+    clipped to ``GRAY_INPUT_SIZE``-:data:`COLOUR_INPUT_SIZE`. Photos need the detail
+    more than digits do: on 5,000 CIFAR-10 training images, one seed, the same ~300 s
+    fit gave 0.26 ACC at 16 px (141 epochs), 0.32 at 24 px (63) and 0.33 at 32 px (35);
+    at the default epochs, random-colour shapes kept their accuracy at 24 px (0.53
+    against 0.51 at 16 px) while the fit took 1.7 times as long."""
     if name != SMALL_BACKBONE:
         return None
-    side = COLOUR_INPUT_SIZE if colour else GRAY_INPUT_SIZE
+    side = GRAY_INPUT_SIZE
+    if colour:
+        side = min(COLOUR_INPUT_SIZE, max(GRAY_INPUT_SIZE, max(image_size)))
     return (side, side)
 
 

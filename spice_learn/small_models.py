@@ -8,7 +8,8 @@ average pooling, 256-d features) for small images such as digits, and the networ
 CPU it pretrains several times faster than a ResNet-18 and, within a fixed time
 budget, learned better digit features in our feasibility study on sklearn's
 digits. Its preferred input is 16 px: images are resized to that size, whatever
-their own size (``build_backbone(..., input_size=...)`` sets another).
+their own size (``build_backbone(..., input_size=...)`` sets another; the CPU plan
+feeds colour images at up to 24 px).
 
 The module is imported by ``spice_learn``, which registers the model.
 """

@@ -74,6 +74,13 @@ def test_plan_resolves_size_colour_and_settings():
     colour = plan_representation("auto", colour_images(size=64), pretrain=True,
                                  pretrain_epochs=None, device=CPU)
     assert colour.colour and colour.input_size == (COLOUR_INPUT_SIZE, COLOUR_INPUT_SIZE)
+    assert COLOUR_INPUT_SIZE > GRAY_INPUT_SIZE  # photos are seen with more detail
+    tiny = plan_representation("auto", colour_images(size=8), pretrain=True,
+                               pretrain_epochs=None, device=CPU)
+    assert tiny.input_size == (GRAY_INPUT_SIZE, GRAY_INPUT_SIZE)  # never below 16 px
+    middle = plan_representation("auto", colour_images(size=20), pretrain=True,
+                                 pretrain_epochs=None, device=CPU)
+    assert middle.input_size == (20, 20)  # their own side in between
     assert (colour.batch_size, colour.learning_rate, colour.temperature) == (
         tuple(default_simclr_settings(True).values()))
     assert colour.pretrain_epochs > gray.pretrain_epochs  # the plan passes the colour on
@@ -103,10 +110,10 @@ def test_fit_exposes_and_prints_the_plan(capsys):
     model = SpiceClustering(2, pretrain_epochs=1, n_heads=2, semi=None, random_state=0,
                             verbose=1).fit(X)
     err = capsys.readouterr().err
-    assert "plan: spice_convnet4 at 16x16 px (colour images), 1 SimCLR epochs" in err
+    assert "plan: spice_convnet4 at 20x20 px (colour images), 1 SimCLR epochs" in err
     assert err.index("plan:") < err.index("pretraining (SimCLR)")  # before the long work
     plan = model.plan_
-    assert plan["colour"] is True and plan["input_size"] == (16, 16)
+    assert plan["colour"] is True and plan["input_size"] == (20, 20)
     assert plan["pretrain_epochs"] == 1 == len(model.pretrain_history_)
     assert plan["temperature"] == 0.2 and plan["head_objective"] == "scan"
     assert plan["estimated_seconds"] > 0
