@@ -56,8 +56,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         run once, quick heads cluster for each candidate and the highest
         silhouette wins (beyond SPICE; :mod:`spice_learn.cluster_count`).
     backbone : str, torch.nn.Module or FeatureExtractor, default="auto"
-        A timm model name; ``"auto"`` (``"spice_convnet4"`` at 16 px on the CPU, up
-        to 24 px for colour images; on
+        A timm model name; ``"auto"`` (``"spice_convnet4"`` on the CPU, at 16 px for
+        grayscale images and at their side clipped to 16-24 px for colour ones; on
         CUDA up to 28 px, else ``"resnet18"``: :mod:`spice_learn.representation`); a
         module mapping normalised ``(B, 3, H, W)`` images to ``(B, D)`` features; a
         fitted model's ``backbone_``; or ``"precomputed"``: ``X`` is a 2-D feature

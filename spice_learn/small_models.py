@@ -8,8 +8,9 @@ average pooling, 256-d features) for small images such as digits, and the networ
 CPU it pretrains several times faster than a ResNet-18 and, within a fixed time
 budget, learned better digit features in our feasibility study on sklearn's
 digits. Its preferred input is 16 px: images are resized to that size, whatever
-their own size (``build_backbone(..., input_size=...)`` sets another; the CPU plan
-feeds colour images at up to 24 px).
+their own size (``build_backbone(..., input_size=...)`` sets another;
+:class:`~spice_learn.SpiceClustering` feeds colour images at their side clipped to
+16-24 px).
 
 The module is imported by ``spice_learn``, which registers the model.
 """
@@ -50,7 +51,7 @@ class SmallConvNet(nn.Module):
         self.head = nn.Linear(w4, num_classes) if num_classes else nn.Identity()
         self.pretrained_cfg = {
             "input_size": (3, 16, 16),
-            "fixed_input_size": True,  # spice_learn resizes every image to 16 px
+            "fixed_input_size": True,  # resized to 16 px unless input_size says otherwise
             "mean": (0.5, 0.5, 0.5),
             "std": (0.5, 0.5, 0.5),
             "interpolation": "bilinear",

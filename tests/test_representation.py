@@ -81,6 +81,9 @@ def test_plan_resolves_size_colour_and_settings():
     middle = plan_representation("auto", colour_images(size=20), pretrain=True,
                                  pretrain_epochs=None, device=CPU)
     assert middle.input_size == (20, 20)  # their own side in between
+    wide = plan_representation("auto", torch.randint(0, 256, (40, 3, 12, 20), dtype=torch.uint8),
+                               pretrain=True, pretrain_epochs=None, device=CPU)
+    assert wide.input_size == (20, 20)  # the larger side decides
     assert (colour.batch_size, colour.learning_rate, colour.temperature) == (
         tuple(default_simclr_settings(True).values()))
     assert colour.pretrain_epochs > gray.pretrain_epochs  # the plan passes the colour on
@@ -102,6 +105,12 @@ def test_estimate_grows_with_images_epochs_and_pixels():
     resnet = plan_representation("resnet18", colour_images(), pretrain=True,
                                  pretrain_epochs=10, device=CPU)
     assert estimate_seconds(resnet, 1000, 7) is None  # no cost model
+    small = plan_representation("auto", colour_images(size=16), pretrain=True,
+                                pretrain_epochs=10, device=CPU)
+    large = plan_representation("auto", colour_images(size=32), pretrain=True,
+                                pretrain_epochs=10, device=CPU)
+    ratio = estimate_seconds(large, 1000, 7) / estimate_seconds(small, 1000, 7)
+    assert 1.5 < ratio < (24 / 16) ** 2  # more pixels cost more, but less than their count
 
 
 def test_fit_exposes_and_prints_the_plan(capsys):
