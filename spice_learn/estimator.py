@@ -129,6 +129,15 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     flip : bool or "auto", default="auto"
         Whether augmentations flip images horizontally; "auto": for network inputs
         larger than 20 px (not digits or characters, where a mirror is another symbol).
+    invariances : "auto", None or list of {"hue", "polarity", "rotation"}, default="auto"
+        What else stage 1's contrastive views teach the network to ignore: colour
+        ("hue": any hue and gray; without it colour images get SimCLR's gentle jitter),
+        light-on-dark against dark-on-light ("polarity") and orientation ("rotation":
+        any angle). "auto" tests the images without labels: a transformation is kept
+        when a linear classifier cannot tell transformed thumbnails from untransformed
+        ones, i.e. when the images come in every hue, polarity or orientation
+        (:func:`spice_learn.invariances.detect_invariances`); None keeps none. The
+        result and the test's accuracies are in ``plan_``.
     cache_dtype : {"auto", "float32", "float16"}, default="auto"
         Storage of cached embeddings; "auto": float16 once float32 would exceed 1 GiB.
     embed_batch_size : int, default=256
@@ -279,8 +288,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         n_heads=10, head_objective="scan",
         hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs="auto",
         learning_rate="auto", confidence_ratio=0.5, entropy_weight="auto", n_weak_views="auto",
-        n_strong_views="auto", flip="auto", cache_dtype="auto", embed_batch_size=256,
-        checkpoint_dir=None, cache_dir=None, n_jobs=None,
+        n_strong_views="auto", flip="auto", invariances="auto", cache_dtype="auto",
+        embed_batch_size=256, checkpoint_dir=None, cache_dir=None, n_jobs=None,
         semi="head", n_neighbors="auto", reliability_threshold=0.95, semi_threshold=0.95,
         semi_steps=1000, semi_rounds=2, semi_time=None, semi_batch_size=64, semi_mu=7,
         semi_learning_rate="auto", ema_decay=0.999, device="auto", compile=False,
@@ -342,6 +351,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             semi = run_spice_semi(cache, features, classifier, spice_self.self_labels, neighbors,
                                   settings.semi, seed=run.seeds.semi, device=run.device,
                                   extractor=extractor, images=inputs, flip=flip,
+                                  recipe=None if stage1 is None else stage1.recipe(),
                                   verbose=run.verbose, log=run.log)
             classifier, features = semi.classifier, semi.features
         labels, centers = cluster_centers(classifier, features, self.confidence_ratio)

@@ -54,6 +54,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     pretrain_time : float or None, default=None
     small_stem : {"auto", True, False}, default="auto"
     flip : bool or "auto", default="auto"
+    invariances : "auto", None or list of str, default="auto"
     batch_size : int, default=256
         Images per forward pass (``embed_batch_size`` of SpiceClustering).
     device : str or torch.device, default="auto"
@@ -74,7 +75,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     """
 
     def __init__(self, backbone="auto", *, weights=None, pretrain="auto", pretrain_epochs="auto",
-                 pretrain_time=None, small_stem="auto", flip="auto", batch_size=256,
+                 pretrain_time=None, small_stem="auto", flip="auto", invariances="auto",
+                 batch_size=256,
                  device="auto", compile=False, random_state=None, verbose=0):
         self.backbone = backbone
         self.weights = weights
@@ -83,6 +85,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.pretrain_time = pretrain_time
         self.small_stem = small_stem
         self.flip = flip
+        self.invariances = invariances
         self.batch_size = batch_size
         self.device = device
         self.compile = compile
@@ -114,7 +117,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             max_epochs=stage1.pretrain_epochs, max_time=stage1.max_time,
             batch_size=stage1.batch_size, learning_rate=stage1.learning_rate,
             temperature=stage1.temperature, projection_dim=stage1.projection_dim,
-            compile=stage1.compile,
+            compile=stage1.compile, invariances=stage1.invariances,
         )
         extractor.module.cpu()
         self.backbone_ = extractor

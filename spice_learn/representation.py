@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .backbones import FeatureExtractor, build_backbone
+from .invariances import detect_invariances
 from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
 from .pretrain import pretrain_simclr
 
@@ -69,12 +70,17 @@ class Stage1Plan:
     input_size : tuple of int
         ``(H, W)`` the network sees.
     colour : bool
-        Whether the images have colour (then the contrastive views jitter hue,
-        saturation, gray level and polarity, so that colour stops telling images apart).
+        Whether the images have colour (then the contrastive views jitter their colours).
     pretrain_epochs : int
         SimCLR epochs (0: no pretraining).
     batch_size, learning_rate, temperature
         SimCLR settings (the given ones, or :func:`default_simclr_settings`).
+    invariances : tuple of str
+        The optional invariances the contrastive views teach (the given ones, or
+        those :func:`~spice_learn.invariances.detect_invariances` found; see
+        :func:`~spice_learn.ssl_augment.contrastive_augment`).
+    invariance_scores : dict
+        The test's accuracy per transformation (empty when nothing was tested).
     """
 
     backbone: str
@@ -84,6 +90,8 @@ class Stage1Plan:
     batch_size: int = 256
     learning_rate: float = 1e-3
     temperature: float = 0.5
+    invariances: tuple = ()
+    invariance_scores: dict = field(default_factory=dict)
 
 
 def default_simclr_settings(colour):
@@ -162,9 +170,12 @@ def default_pretrain_epochs(n_samples, device, colour=False):
 
 
 def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
-                        batch_size=None, learning_rate=None, temperature=None):
+                        batch_size=None, learning_rate=None, temperature=None,
+                        invariances=None, seed=0):
     """The :class:`Stage1Plan` for ``images`` on ``device`` (nothing is built); None
-    for ``pretrain_epochs`` and the SimCLR settings means "auto"."""
+    for ``pretrain_epochs``, the SimCLR settings and ``invariances`` means "auto". With
+    pretraining, "auto" invariances are those the images pass the label-free test of
+    :func:`~spice_learn.invariances.detect_invariances` for (drawing with ``seed``)."""
     image_size = tuple(int(s) for s in images.shape[-2:])
     colour = is_colour(images)
     if isinstance(backbone, FeatureExtractor):
@@ -182,7 +193,14 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
              "temperature": temperature}
     settings = {key: default if given[key] is None else given[key]
                 for key, default in default_simclr_settings(colour).items()}
-    return Stage1Plan(name, size, colour, epochs, **settings)
+    scores = {}
+    if invariances is None:
+        invariances = ()
+        if epochs > 0:
+            test = detect_invariances(images, colour=colour, seed=seed)
+            invariances, scores = test.invariances, test.scores
+    return Stage1Plan(name, size, colour, epochs, **settings,
+                      invariances=tuple(invariances), invariance_scores=scores)
 
 
 def _working_size(name, colour, image_size):
@@ -254,9 +272,10 @@ def learn_representation(
     if plan is None:
         plan = plan_representation(
             backbone, images, pretrain=pretrain, device=device,
-            pretrain_epochs=pretrain_params.get("max_epochs"),
+            pretrain_epochs=pretrain_params.get("max_epochs"), seed=build_seed,
             **{key: pretrain_params.get(key)
-               for key in ("batch_size", "learning_rate", "temperature")})
+               for key in ("batch_size", "learning_rate", "temperature", "invariances")})
+    pretrain_params.pop("invariances", None)
     pretrain_params.update(max_epochs=plan.pretrain_epochs, batch_size=plan.batch_size,
                            learning_rate=plan.learning_rate, temperature=plan.temperature)
     if isinstance(backbone, FeatureExtractor):
@@ -269,7 +288,8 @@ def learn_representation(
     flip = resolve_flip(flip, extractor)
     history = []
     if pretrain:
-        augment = contrastive_augment(extractor.input_size, flip=flip, colour=plan.colour)
+        augment = contrastive_augment(extractor.input_size, flip=flip, colour=plan.colour,
+                                      invariances=plan.invariances)
         history = pretrain_simclr(extractor, images, flip=flip, seed=pretrain_seed,
                                   device=device, verbose=verbose, augment=augment,
                                   **pretrain_params)
@@ -299,6 +319,8 @@ class Stage1Settings:
     temperature: float | None = None
     projection_dim: int = 128
     compile: bool = False
+    #: optional invariances of the contrastive views (None: tested on the images)
+    invariances: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +335,11 @@ class Representation:
     plan: Stage1Plan
     estimated_seconds: float | None
 
+    def recipe(self):
+        """``colour`` and ``invariances`` of the contrastive views, as keyword arguments
+        of :func:`~spice_learn.ssl_augment.contrastive_augment`."""
+        return {"colour": self.plan.colour, "invariances": self.plan.invariances}
+
     def summary(self):
         """The stage-1 entries of a fitted estimator's ``plan_``."""
         plan = self.plan
@@ -320,7 +347,8 @@ class Representation:
                 "colour": plan.colour, "pretrain_epochs": plan.pretrain_epochs,
                 "pretrain_batch_size": plan.batch_size,
                 "pretrain_learning_rate": plan.learning_rate,
-                "temperature": plan.temperature}
+                "temperature": plan.temperature, "invariances": plan.invariances,
+                "invariance_scores": dict(plan.invariance_scores)}
 
 
 def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, verbose=0,
@@ -346,13 +374,18 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
     s = settings
     plan = plan_representation(s.backbone, images, pretrain=s.pretrain, device=device,
                                pretrain_epochs=s.pretrain_epochs, batch_size=s.batch_size,
-                               learning_rate=s.learning_rate, temperature=s.temperature)
+                               learning_rate=s.learning_rate, temperature=s.temperature,
+                               invariances=s.invariances, seed=build_seed)
     estimate = estimate_seconds(plan, images.shape[0], n_views)
     log = log or (lambda message: None)
     size = "its own input size" if plan.input_size is None else \
         "x".join(str(side) for side in plan.input_size) + " px"
+    found = ", ".join(plan.invariances) or "none"
+    tested = ", ".join(f"{name} {score:.2f}" for name, score in plan.invariance_scores.items())
+    found += f"; two-sample test accuracy {tested}" if tested else ""
     log(f"plan: {plan.backbone} at {size} ({'colour' if plan.colour else 'grayscale'} images), "
-        f"{plan.pretrain_epochs} SimCLR epochs, {n_views} cached views per image"
+        f"{plan.pretrain_epochs} SimCLR epochs (optional invariances: {found}), "
+        f"{n_views} cached views per image"
         + ("" if estimate is None or device.type != "cpu" else
            f"; stage 1 and the views take about {estimate / 60:.1f} min on 2 CPU cores"))
     extractor, history, flip = learn_representation(

@@ -35,6 +35,7 @@ from .representation import Stage1Settings, wants_pretraining
 from .runtime import torch_threads, usable_device
 from .scan_heads import scan_neighbors
 from .spice_self import HeadSettings
+from .ssl_augment import INVARIANCES
 from .spice_semi import SemiSettings, default_semi_learning_rate, reliability_neighbors
 from .validation import check_int, check_n_jobs, check_real, check_writable_dir, resolve_device
 from .view_cache import ViewSettings, default_n_views
@@ -73,6 +74,7 @@ PARAMETER_CONSTRAINTS = {
     "n_weak_views": [_POSITIVE_INT, _AUTO],
     "n_strong_views": [_POSITIVE_INT, _AUTO],
     "flip": ["boolean", _AUTO],
+    "invariances": [_AUTO, None, list, tuple],  # names: checked in check_stage1
     "cache_dtype": [StrOptions({"auto", "float32", "float16"})],
     "embed_batch_size": [_POSITIVE_INT],
     "checkpoint_dir": _PATH,
@@ -97,7 +99,8 @@ PARAMETER_CONSTRAINTS = {
 
 #: The stage-1 parameters :class:`~spice_learn.ImageEmbedder` shares with the estimator.
 STAGE1_PARAMETERS = ("backbone", "weights", "pretrain", "pretrain_epochs", "pretrain_time",
-                     "small_stem", "flip", "device", "compile", "random_state", "verbose")
+                     "small_stem", "flip", "invariances", "device", "compile", "random_state",
+                     "verbose")
 
 #: How the errors spell what a parameter accepts, where the constraints alone would not
 #: say it clearly: (error type, accepted values, whether the message shows the value).
@@ -113,6 +116,7 @@ _SPELLED = {
     "small_stem": (ValueError, "'auto', True or False", True),
     "head_objective": (ValueError, "'scan' or 'spice'", True),
     "flip": (ValueError, "True, False or 'auto'", True),
+    "invariances": (ValueError, f"'auto', None or a list of names among {INVARIANCES}", True),
     "cache_dtype": (ValueError, "'auto', 'float32' or 'float16'", True),
     "semi": (ValueError, "None, 'head' or 'finetune'", True),
 }
@@ -215,7 +219,15 @@ def stage1_settings(params):
         learning_rate=_auto(get("pretrain_learning_rate", "auto")),
         temperature=_auto(get("temperature", "auto")), projection_dim=get("projection_dim", 128),
         small_stem=params["small_stem"], flip=params["flip"],
+        invariances=_invariances(get("invariances", "auto")),
         checkpoint_dir=get("checkpoint_dir"), compile=bool(params["compile"]))
+
+
+def _invariances(value):
+    """``invariances`` -> None ("auto") or a tuple of names."""
+    if isinstance(value, str):
+        return None
+    return tuple(value or ())
 
 
 def check_stage1(params):
@@ -223,6 +235,12 @@ def check_stage1(params):
     and their combinations; returns their :class:`~spice_learn.representation.Stage1Settings`
     and the device to run on. Shared by both estimators."""
     check_parameters(params, {name: PARAMETER_CONSTRAINTS[name] for name in STAGE1_PARAMETERS})
+    names = params.get("invariances", "auto")
+    if not isinstance(names, str) and names is not None:
+        unknown = [name for name in names if not (isinstance(name, str) and name in INVARIANCES)]
+        if unknown:
+            raise ValueError(f"invariances must be 'auto', None or a list of names among "
+                             f"{INVARIANCES}; got {names!r}.")
     backbone, precomputed = params["backbone"], params["backbone"] == "precomputed"
     if isinstance(backbone, str) and backbone not in ("auto", "precomputed"):
         check_model_name(backbone)  # before any image is read

@@ -254,6 +254,7 @@ class _Classifier(nn.Module):
 def finetune(
     extractor, classifier, images, labels, reliable, *, n_steps, batch_size, mu, threshold,
     learning_rate, ema_decay, flip, seed, device, max_time=None, verbose=0, compile=False,
+    recipe=None,
 ):
     """SPICE-Semi "finetune" mode: backbone and head trained end to end on images.
 
@@ -288,6 +289,10 @@ def finetune(
     verbose : int
     compile : bool
         Run the network through :func:`torch.compile`.
+    recipe : dict or None
+        ``colour`` and ``invariances`` of stage 1's contrastive views, which the
+        strong view repeats (:func:`~spice_learn.ssl_augment.semi_views`); None:
+        decided by the input size.
 
     Under torchrun (``W`` processes) each process trains on its contiguous
     ``1 / W`` of the labelled and of the unlabelled samples of every global
@@ -307,13 +312,13 @@ def finetune(
             extractor, classifier, images, labels, reliable, n_steps=n_steps,
             batch_size=batch_size, mu=mu, threshold=threshold, learning_rate=learning_rate,
             ema_decay=ema_decay, flip=flip, seed=seed, device=device, max_time=max_time,
-            verbose=verbose, compile=compile,
+            verbose=verbose, compile=compile, recipe=recipe,
         )
 
 
 def _finetune(
     extractor, classifier, images, labels, reliable, *, n_steps, batch_size, mu, threshold,
-    learning_rate, ema_decay, flip, seed, device, max_time, verbose, compile,
+    learning_rate, ema_decay, flip, seed, device, max_time, verbose, compile, recipe,
 ):
     sampler = _BalancedSampler(_check_reliable(reliable), labels)
     model = _Classifier(extractor.module, classifier).to(device)
@@ -327,7 +332,7 @@ def _finetune(
         lr=learning_rate, momentum=0.9, nesterov=True,
     )
     size = list(extractor.input_size)
-    weak, strong = semi_views(size, flip=flip)
+    weak, strong = semi_views(size, flip=flip, **(recipe or {}))
     mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
     amp = autocast_dtype(device, bf16_only=True)
@@ -444,7 +449,7 @@ class SemiResult:
 
 
 def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, seed, device,
-                   extractor=None, images=None, flip=False, verbose=0, log=None):
+                   extractor=None, images=None, flip=False, recipe=None, verbose=0, log=None):
     """SPICE-Semi rounds after SPICE-Self.
 
     Each round scores every sample's reliability against the current clusters
@@ -483,8 +488,9 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
     seed : int
         Round ``r`` uses ``seed + r``.
     device : torch.device
-    extractor, images, flip
-        "finetune" only: the backbone (trained in place), the images and the flip setting.
+    extractor, images, flip, recipe
+        "finetune" only: the backbone (trained in place), the images, the flip setting
+        and stage 1's view recipe (see :func:`finetune`).
     verbose : int
     log : callable or None
         Called with one line per kept round and per round undone by the agreement
@@ -527,7 +533,7 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
             saved = [{name: v.clone() for name, v in m.state_dict().items()}
                      for m in (extractor.module, classifier)]
         new_classifier, history = _refine(cache, classifier, labels, mask, s, seed + round_,
-                                          device, extractor, images, flip, verbose)
+                                          device, extractor, images, flip, recipe, verbose)
         new_features = features
         if saved is not None:  # the backbone changed: embed again, search again
             new_features = embed_images(extractor, images, batch_size=s.embed_batch_size,
@@ -569,7 +575,7 @@ def run_spice_semi(cache, features, classifier, labels, neighbors, settings, *, 
 
 
 def _refine(cache, classifier, labels, reliable, s, seed, device, extractor, images, flip,
-            verbose):
+            recipe, verbose):
     """One SPICE-Semi round's training: the refined one-head classifier and its history.
 
     Under torchrun the "head" mode runs in every process on the same cache and
@@ -585,5 +591,5 @@ def _refine(cache, classifier, labels, reliable, s, seed, device, extractor, ima
             hidden_dim=s.hidden_dim or cache.original.shape[1], **common)
         return distributed.broadcast_module(head), history
     history = finetune(extractor, classifier, images, labels, reliable, ema_decay=s.ema_decay,
-                       flip=flip, compile=s.compile, **common)
+                       flip=flip, compile=s.compile, recipe=recipe, **common)
     return classifier, history

@@ -1,5 +1,7 @@
 """Per-sample batch augmentation used by pretraining."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -96,11 +98,42 @@ def test_inversion_probability():
     assert (none.mean(dim=(1, 2, 3)) < 0.5).all()
 
 
-def test_colour_recipe_changes_hue_and_polarity_but_grayscale_recipe_does_not():
+def test_colour_recipe_follows_the_invariances():
     from spice_learn.ssl_augment import contrastive_augment
 
-    colour = contrastive_augment((16, 16), flip=True, colour=True)
-    assert colour.hue == 0.5 and colour.invert_p == 0.5 and colour.grayscale_p == 0.5
+    nuisance = contrastive_augment((16, 16), flip=True, colour=True,
+                                   invariances=("hue", "polarity"))
+    assert nuisance.hue == 0.5 and nuisance.invert_p == 0.5 and nuisance.grayscale_p == 0.5
+    photos = contrastive_augment((16, 16), flip=True, colour=True)
+    assert photos.hue == 0.1 and photos.invert_p == 0 and photos.grayscale_p == 0.2
+    assert photos.saturation == 0.4 and photos.rotation == 0
     gray = contrastive_augment((16, 16), flip=True, colour=False)
-    assert gray.hue == 0 and gray.invert_p == 0 and gray.saturation == 0
+    assert gray.hue == 0 and gray.invert_p == 0 and gray.saturation == 0 and gray.rotation == 15
     assert contrastive_augment((16, 16)) == gray  # colour=None: by size, as before
+
+
+@pytest.mark.parametrize("colour", [True, False, None])
+@pytest.mark.parametrize("size", [(16, 16), (32, 32)])
+def test_rotation_and_polarity_add_to_every_recipe(colour, size):
+    from spice_learn.ssl_augment import contrastive_augment
+
+    plain = contrastive_augment(size, colour=colour)
+    extra = contrastive_augment(size, colour=colour, invariances=["rotation", "polarity"])
+    assert extra.rotation == 180 and extra.invert_p == 0.5
+    assert plain.rotation < 180 and plain.invert_p == 0
+    # nothing else changes
+    assert extra == dataclasses.replace(plain, rotation=180.0, invert_p=0.5)
+
+
+def test_recipe_rejects_unknown_invariances():
+    from spice_learn.ssl_augment import contrastive_augment
+
+    with pytest.raises(ValueError, match="invariances"):
+        contrastive_augment((16, 16), invariances=("scale",))
+
+
+def test_semi_strong_view_repeats_the_stage1_recipe():
+    from spice_learn.ssl_augment import contrastive_augment, semi_views
+
+    _, strong = semi_views((24, 24), flip=True, colour=True, invariances=("hue",))
+    assert strong == contrastive_augment((24, 24), flip=True, colour=True, invariances=("hue",))
