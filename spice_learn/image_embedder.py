@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import distributed
 from .embedding import embed_images
 from .image_input import as_images
-from .representation import learn_representation
+from .representation import learn_representation, plan_summary
 from .settings import (
     PARAMETER_CONSTRAINTS,
     STAGE1_PARAMETERS,
@@ -70,6 +70,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     backbone_ : FeatureExtractor
         The frozen backbone (on the CPU between calls).
     pretrain_history_ : ndarray of shape (n_pretrain_epochs,)
+    plan_ : dict
+        The stage-1 entries of :class:`~spice_learn.SpiceClustering`'s ``plan_``
+        (backbone, input size, colour, epochs, SimCLR settings, ``invariances`` and
+        ``invariance_scores``).
     n_features_out_ : int
         Embedding dimension ``D``.
     """
@@ -109,7 +113,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         images = as_images(X)
         device = distributed.setup(device)  # under torchrun: this process's GPU
         build_seed, pretrain_seed = distributed.broadcast_object([build_seed, pretrain_seed])
-        extractor, history, _ = learn_representation(
+        extractor, history, _, plan = learn_representation(
             stage1.backbone, stage1.weights, images, pretrain=stage1.pretrain,
             small_stem=stage1.small_stem, flip=stage1.flip, build_seed=build_seed,
             pretrain_seed=pretrain_seed, device=device,
@@ -122,6 +126,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         extractor.module.cpu()
         self.backbone_ = extractor
         self.pretrain_history_ = np.asarray(history, dtype=float)
+        self.plan_ = plan_summary(plan, extractor)
         self.n_features_out_ = int(extractor.feature_dim)
         return self
 

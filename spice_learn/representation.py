@@ -5,9 +5,10 @@ Shared by :class:`~spice_learn.SpiceClustering` and
 :class:`~spice_learn.ImageEmbedder`, so both choose, build and pretrain
 backbones the same way.
 
-The CPU plan (``backbone="auto"``, ``pretrain_epochs="auto"``): a CPU trains a small network on small inputs many times faster than a ResNet-18
-on full-size images, and within minutes the number of contrastive steps matters
-more than the last bit of resolution. So on a CPU ``"auto"`` always picks the
+The CPU plan (``backbone="auto"``, ``pretrain_epochs="auto"``): a CPU trains a small
+network on small inputs many times faster than a ResNet-18 on full-size images, and
+within minutes the number of contrastive steps matters more than the last bit of
+resolution. So on a CPU ``"auto"`` always picks the
 four-layer ``spice_convnet4`` and feeds it a working resolution of
 :data:`GRAY_INPUT_SIZE` px for grayscale images (larger ones are downsampled, smaller ones
 upsampled) and, for colour images, their own side clipped to 16-:data:`COLOUR_INPUT_SIZE`
@@ -18,6 +19,9 @@ CUDA the GPU defaults stay: ``spice_convnet4`` up to 28 px, a ResNet-18 above.
 The number of SimCLR epochs follows the number of images
 (:func:`default_pretrain_epochs`), and :func:`estimate_seconds` turns the plan into
 a time estimate on a 2-core CPU that the estimator prints at ``verbose >= 1``.
+On any device, what the contrastive views teach the network to ignore beyond the
+basics (colour, polarity) is tested on the images without labels
+(``invariances="auto"``, :mod:`spice_learn.invariances`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .backbones import FeatureExtractor, build_backbone
 from .invariances import detect_invariances
 from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
@@ -39,7 +44,8 @@ __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRA
            "resolve_backbone",
            "wants_pretraining", "resolve_flip", "is_colour", "default_pretrain_epochs",
            "default_simclr_settings", "plan_representation", "estimate_seconds",
-           "learn_representation", "Stage1Settings", "Representation", "represent"]
+           "learn_representation", "Stage1Settings", "Representation", "plan_summary",
+           "represent"]
 
 #: ``backbone="auto"`` on CUDA: the small conv net for images up to this size, else a ResNet-18.
 SMALL_BACKBONE, SMALL_BACKBONE_MAX_SIZE, DEFAULT_BACKBONE = "spice_convnet4", 28, "resnet18"
@@ -55,7 +61,8 @@ TRAIN_VIEWS_PER_SECOND_16PX, EMBED_IMAGES_PER_SECOND_16PX = 5_500, 4_000
 #: from 16 to 24 px (2.25 times the pixels) made whole fits 1.7-1.9 times as long.
 PIXEL_COST_EXPONENT = 0.8
 #: ``pretrain_epochs="auto"`` on the CPU: colour images get this many times
-#: ``40 * sqrt(10,000 / N)`` epochs (:func:`default_pretrain_epochs`).
+#: ``40 * sqrt(10,000 / N)`` epochs (:func:`default_pretrain_epochs`); chosen on
+#: random-colour shapes, and the CIFAR-10 rows ran with it too.
 COLOUR_EPOCH_FACTOR = 2.5
 
 
@@ -98,10 +105,12 @@ def default_simclr_settings(colour):
     """``pretrain_batch_size``, ``pretrain_learning_rate`` and ``temperature`` for "auto".
 
     Grayscale images: batch 256, AdamW 1e-3, temperature 0.5 (SimCLR's CIFAR
-    setting). Colour images: batch 128, 4e-3, temperature 0.2: the colour
-    invariances take more steps to learn, and small batches give more steps per
-    epoch; a lower temperature sharpened the embedding of random-colour shapes
-    in our probes (kNN accuracy 0.44 against 0.39 at 0.5). The grayscale settings
+    setting). Colour images: batch 128, 4e-3, temperature 0.2, chosen on random-colour
+    shapes, whose views must teach the network to ignore colour: that takes more
+    steps, small batches give more steps per epoch, and a lower temperature sharpened
+    their embedding (kNN accuracy 0.44 against 0.39 at 0.5). Photos, whose views keep
+    the colours closer (:mod:`spice_learn.invariances`), use them too: the CIFAR-10
+    probes and rows ran with them. The grayscale settings
     did better on digits and USPS (16 px, minutes on a CPU; USPS, 41 epochs: 0.978
     against 0.921 ACC after SPICE-Semi).
     """
@@ -151,10 +160,11 @@ def default_pretrain_epochs(n_samples, device, colour=False):
     of up to 20,000 images and ``60 * sqrt(20,000 / N)`` above, at least 15 (32 for
     70,000 images), so that the steps grow more slowly than the data and the time
     stays bounded. Colour images get about ``100 * sqrt(10,000 / N)``, at least 40
-    and at most 150 (150 up to 4,400 images, 100 for 10,000): their SimCLR views must
-    also teach the network to ignore colour, and it keeps learning long after a
-    grayscale set has settled (random-colour shapes, 2,000 images: 0.36 ACC after 60
-    epochs, 0.53 after 150, one seed; sklearn digits: the same after 100 epochs as
+    and at most 150 (150 up to 4,400 images, 100 for 10,000): they keep learning long
+    after a grayscale set has settled (random-colour shapes, whose views must also
+    teach the network to ignore colour, 2,000 images: 0.36 ACC after 60 epochs, 0.53
+    after 150, one seed; CIFAR-10 photos, 10,000 images: 0.215 after 40 epochs and
+    0.259 after 120 at 16 px, one seed; sklearn digits: the same after 100 epochs as
     after 60). The grayscale rule gave more than the earlier ``40 * sqrt(10,000 / N)``
     to sets of 4,400-20,000 images: over seeds 0-2, USPS (9,298 images) at 60 epochs
     instead of 41 reached 0.981-0.982 ACC (0.979-0.982 before) and the Fashion-MNIST
@@ -173,9 +183,10 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
                         batch_size=None, learning_rate=None, temperature=None,
                         invariances=None, seed=0):
     """The :class:`Stage1Plan` for ``images`` on ``device`` (nothing is built); None
-    for ``pretrain_epochs``, the SimCLR settings and ``invariances`` means "auto". With
-    pretraining, "auto" invariances are those the images pass the label-free test of
-    :func:`~spice_learn.invariances.detect_invariances` for (drawing with ``seed``)."""
+    for ``pretrain_epochs``, the SimCLR settings and ``invariances`` means "auto":
+    the invariances the images pass the label-free test of
+    :func:`~spice_learn.invariances.detect_invariances` for (drawing with ``seed``),
+    which both stage 1's views and SPICE-Semi's "finetune" views follow."""
     image_size = tuple(int(s) for s in images.shape[-2:])
     colour = is_colour(images)
     if isinstance(backbone, FeatureExtractor):
@@ -194,11 +205,9 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
     settings = {key: default if given[key] is None else given[key]
                 for key, default in default_simclr_settings(colour).items()}
     scores = {}
-    if invariances is None:
-        invariances = ()
-        if epochs > 0:
-            test = detect_invariances(images, colour=colour, seed=seed)
-            invariances, scores = test.invariances, test.scores
+    if invariances is None:  # every process of a torchrun job takes rank 0's outcome
+        test = distributed.broadcast_object(detect_invariances(images, colour=colour, seed=seed))
+        invariances, scores = test.invariances, test.scores
     return Stage1Plan(name, size, colour, epochs, **settings,
                       invariances=tuple(invariances), invariance_scores=scores)
 
@@ -258,7 +267,8 @@ def learn_representation(
     **pretrain_params
         ``max_epochs``, ``max_time``, ``batch_size``, ``learning_rate``,
         ``temperature``, ``projection_dim``, ``checkpoint_dir`` and ``compile``
-        of :func:`~spice_learn.pretrain.pretrain_simclr`.
+        of :func:`~spice_learn.pretrain.pretrain_simclr`, and ``invariances`` for the
+        plan (all of them only read from ``plan`` when it is given).
 
     Returns
     -------
@@ -268,6 +278,8 @@ def learn_representation(
         Pretraining loss per epoch (empty without pretraining).
     flip : bool
         The resolved flip setting for the extractor's input size.
+    plan : Stage1Plan
+        The given or resolved plan.
     """
     if plan is None:
         plan = plan_representation(
@@ -294,7 +306,7 @@ def learn_representation(
                                   device=device, verbose=verbose, augment=augment,
                                   **pretrain_params)
     extractor.module.eval().requires_grad_(False)
-    return extractor, history, flip
+    return extractor, history, flip, plan
 
 
 @dataclass(frozen=True)
@@ -342,13 +354,18 @@ class Representation:
 
     def summary(self):
         """The stage-1 entries of a fitted estimator's ``plan_``."""
-        plan = self.plan
-        return {"backbone": plan.backbone, "input_size": tuple(self.extractor.input_size),
-                "colour": plan.colour, "pretrain_epochs": plan.pretrain_epochs,
-                "pretrain_batch_size": plan.batch_size,
-                "pretrain_learning_rate": plan.learning_rate,
-                "temperature": plan.temperature, "invariances": plan.invariances,
-                "invariance_scores": dict(plan.invariance_scores)}
+        return plan_summary(self.plan, self.extractor)
+
+
+def plan_summary(plan, extractor):
+    """The stage-1 entries of a fitted estimator's ``plan_``: ``plan`` as carried out
+    by ``extractor``."""
+    return {"backbone": plan.backbone, "input_size": tuple(extractor.input_size),
+            "colour": plan.colour, "pretrain_epochs": plan.pretrain_epochs,
+            "pretrain_batch_size": plan.batch_size,
+            "pretrain_learning_rate": plan.learning_rate,
+            "temperature": plan.temperature, "invariances": plan.invariances,
+            "invariance_scores": dict(plan.invariance_scores)}
 
 
 def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, verbose=0,
@@ -388,7 +405,7 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
         f"{n_views} cached views per image"
         + ("" if estimate is None or device.type != "cpu" else
            f"; stage 1 and the views take about {estimate / 60:.1f} min on 2 CPU cores"))
-    extractor, history, flip = learn_representation(
+    extractor, history, flip, _ = learn_representation(
         s.backbone, s.weights, images, pretrain=s.pretrain, small_stem=s.small_stem,
         flip=s.flip, build_seed=build_seed, pretrain_seed=pretrain_seed, device=device,
         verbose=verbose, plan=plan, max_time=s.max_time, batch_size=s.batch_size,

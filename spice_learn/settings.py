@@ -339,7 +339,8 @@ def fitted_plan(settings, stage1, head_epochs):
     """
     summary = stage1.summary() if stage1 is not None else {
         "backbone": None, "input_size": None, "colour": None, "pretrain_epochs": 0,
-        "pretrain_batch_size": None, "pretrain_learning_rate": None, "temperature": None}
+        "pretrain_batch_size": None, "pretrain_learning_rate": None, "temperature": None,
+        "invariances": (), "invariance_scores": {}}
     return {**summary, "n_weak_views": settings.views.n_weak,
             "n_strong_views": settings.views.n_strong, "head_objective": settings.heads.objective,
             "head_epochs": int(head_epochs),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["BatchAugment", "contrastive_augment", "weak_augment", "semi_views",
-           "TINY_INPUT_SIZE", "INVARIANCES"]
+           "rotate_hue", "TINY_INPUT_SIZE", "INVARIANCES"]
 
 #: Network inputs up to this many pixels get the digit recipe and no flips.
 TINY_INPUT_SIZE = 20
@@ -155,7 +155,7 @@ class BatchAugment:
             jittered = (jittered - gray) * factor + gray
         if self.hue > 0:
             angle = uniform(-self.hue, self.hue) * (2 * math.pi)
-            jittered = _rotate_hue(jittered, angle)
+            jittered = rotate_hue(jittered, angle)
         x = torch.where((uniform(0.0, 1.0) < self.jitter_p).view(-1, 1, 1, 1), jittered, x)
         if self.grayscale_p > 0:
             to_gray = (uniform(0.0, 1.0) < self.grayscale_p).view(-1, 1, 1, 1)
@@ -180,7 +180,7 @@ class BatchAugment:
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
-def _rotate_hue(x, angle):
+def rotate_hue(x, angle):
     """Rotate the chroma of ``(B, 3, H, W)`` RGB images by ``angle`` (radians, ``(B,)``)."""
     cos, sin = angle.cos(), angle.sin()
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
@@ -223,9 +223,13 @@ def contrastive_augment(size, *, flip=True, colour=None, invariances=()):
     ``colour=None`` decides by size alone (the last two recipes). ``flip=False`` turns
     flips off (they are off for small images anyway). The other ``invariances``
     add to any recipe: ``"polarity"`` inverts images with p 0.5, ``"rotation"``
-    rotates them by any angle.
+    rotates them by any angle (in the normalised coordinates of the input, so
+    non-square inputs are also sheared).
     """
     size = tuple(int(s) for s in size)
+    if isinstance(invariances, str):
+        raise ValueError(f"invariances must be a list of names among {INVARIANCES}; got "
+                         f"the string {invariances!r}.")
     invariances = frozenset(invariances)
     unknown = invariances - set(INVARIANCES)
     if unknown:
@@ -267,9 +271,9 @@ def semi_views(size, *, flip=True, colour=None, invariances=()):
     """The weak and strong batch augmentations of SPICE-Semi's "finetune" mode.
 
     Weak: FixMatch's shift and flip (:func:`weak_augment`). Strong: stage 1's
-    contrastive recipe (:func:`contrastive_augment`), not the RandAugment + Cutout of
-    the cached strong views (:mod:`spice_learn.cache_augment`), which cost one Python
-    call per image.
+    contrastive recipe (:func:`contrastive_augment` with ``flip``, ``colour`` and
+    ``invariances``), not the RandAugment + Cutout of the cached strong views
+    (:mod:`spice_learn.cache_augment`), which cost one Python call per image.
     """
     strong = contrastive_augment(size, flip=flip, colour=colour, invariances=invariances)
     return weak_augment(size, flip=flip), strong
