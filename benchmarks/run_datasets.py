@@ -191,8 +191,10 @@ def table(results):
                 note = (f"{'/'.join(commits)}"
                         + (f" (peers' rows from {'/'.join(peers)})" if peers else "")
                         + f"; load {loads}; {plan['backbone']} at "
-                        f"{plan['input_size'][0]} px, {plan['pretrain_epochs']} SimCLR epochs, "
-                        f"{plan['head_objective']} heads"
+                        f"{plan['input_size'][0]} px, {plan['pretrain_epochs']} SimCLR epochs"
+                        + (f" (invariances: {'/'.join(plan['invariances']) or 'none'})"
+                           if "invariances" in plan else "")
+                        + f", {plan['head_objective']} heads"
                         + (f"; SPICE-Semi rounds kept {rounds}"
                            if all(n is not None for n in rounds) else "")
                         + (f"; empty clusters {empty}" if any(empty) else ""))
