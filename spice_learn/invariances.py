@@ -103,8 +103,8 @@ def _thumbnails(images, rows):
 def _turn_hue(x, rng):
     """The hue turned by 0.2-0.8 of a turn (one turn per group of images).
 
-    HSV's hue, not the YIQ chroma rotation of the views
-    (:func:`~spice_learn.ssl_augment.rotate_hue`): a YIQ rotation leaves the RGB cube
+    HSV's hue, not the YIQ chroma rotation of the views (in
+    :class:`~spice_learn.ssl_augment.BatchAugment`): a YIQ rotation leaves the RGB cube
     and must be clipped, and the classifier learns to see the clipping (random-colour
     shapes scored 0.56-0.59 that way, against 0.49-0.50 with HSV, which stays in gamut).
     """
@@ -131,9 +131,10 @@ def _features(thumbs):
 
 
 def _accuracy(original, transformed, seed):
-    """Cross-validated accuracy of telling ``original`` thumbnails from ``transformed``
-    ones (row ``i`` of both is the same image: the folds keep the pair together)."""
-    features = np.concatenate([_features(original), _features(transformed)])
+    """Cross-validated accuracy of telling the :func:`_features` of original thumbnails
+    from those of transformed ones (row ``i`` of both is the same image: the folds keep
+    the pair together)."""
+    features = np.concatenate([original, transformed])
     labels = np.r_[np.zeros(len(original)), np.ones(len(transformed))]
     pairs = np.r_[np.arange(len(original)), np.arange(len(transformed))]
     classifier = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0))
@@ -166,11 +167,11 @@ def detect_invariances(images, *, colour, seed):
     thumbs = _thumbnails(images, rows)
     if not colour:
         thumbs = thumbs[:, :1]
-    scores = {}
+    original, scores = _features(thumbs), {}
     for name in TESTED:
         if name == "hue" and not colour:
             continue
         changed = _APPLY[name](thumbs, rng).clamp_(0.0, 1.0)
-        scores[name] = _accuracy(thumbs, changed, seed)
+        scores[name] = _accuracy(original, _features(changed), seed)
     invariances = tuple(name for name, score in scores.items() if score < INVARIANT_BELOW)
     return InvarianceTest(invariances, scores)

@@ -35,7 +35,7 @@ from .representation import Stage1Settings, wants_pretraining
 from .runtime import torch_threads, usable_device
 from .scan_heads import scan_neighbors
 from .spice_self import HeadSettings
-from .ssl_augment import INVARIANCES
+from .ssl_augment import INVARIANCES, check_invariances
 from .spice_semi import SemiSettings, default_semi_learning_rate, reliability_neighbors
 from .validation import check_int, check_n_jobs, check_real, check_writable_dir, resolve_device
 from .view_cache import ViewSettings, default_n_views
@@ -237,10 +237,7 @@ def check_stage1(params):
     check_parameters(params, {name: PARAMETER_CONSTRAINTS[name] for name in STAGE1_PARAMETERS})
     names = params.get("invariances", "auto")
     if not isinstance(names, str) and names is not None:
-        unknown = [name for name in names if not (isinstance(name, str) and name in INVARIANCES)]
-        if unknown:
-            raise ValueError(f"invariances must be 'auto', None or a list of names among "
-                             f"{INVARIANCES}; got {names!r}.")
+        check_invariances(names)
     backbone, precomputed = params["backbone"], params["backbone"] == "precomputed"
     if isinstance(backbone, str) and backbone not in ("auto", "precomputed"):
         check_model_name(backbone)  # before any image is read

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["BatchAugment", "contrastive_augment", "weak_augment", "semi_views",
-           "rotate_hue", "TINY_INPUT_SIZE", "INVARIANCES"]
+           "check_invariances", "TINY_INPUT_SIZE", "INVARIANCES"]
 
 #: Network inputs up to this many pixels get the digit recipe and no flips.
 TINY_INPUT_SIZE = 20
@@ -155,7 +155,7 @@ class BatchAugment:
             jittered = (jittered - gray) * factor + gray
         if self.hue > 0:
             angle = uniform(-self.hue, self.hue) * (2 * math.pi)
-            jittered = rotate_hue(jittered, angle)
+            jittered = _rotate_hue(jittered, angle)
         x = torch.where((uniform(0.0, 1.0) < self.jitter_p).view(-1, 1, 1, 1), jittered, x)
         if self.grayscale_p > 0:
             to_gray = (uniform(0.0, 1.0) < self.grayscale_p).view(-1, 1, 1, 1)
@@ -180,7 +180,7 @@ class BatchAugment:
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
-def rotate_hue(x, angle):
+def _rotate_hue(x, angle):
     """Rotate the chroma of ``(B, 3, H, W)`` RGB images by ``angle`` (radians, ``(B,)``)."""
     cos, sin = angle.cos(), angle.sin()
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
@@ -227,32 +227,38 @@ def contrastive_augment(size, *, flip=True, colour=None, invariances=()):
     non-square inputs are also sheared).
     """
     size = tuple(int(s) for s in size)
-    if isinstance(invariances, str):
-        raise ValueError(f"invariances must be a list of names among {INVARIANCES}; got "
-                         f"the string {invariances!r}.")
-    invariances = frozenset(invariances)
-    unknown = invariances - set(INVARIANCES)
-    if unknown:
-        raise ValueError(f"invariances must be among {INVARIANCES}; got {sorted(unknown)}.")
-    extra = {"invert_p": 0.5 if "polarity" in invariances else 0.0}
-    if "rotation" in invariances:
-        extra["rotation"] = 180.0
+    invariances = check_invariances(invariances)
+    invert_p = 0.5 if "polarity" in invariances else 0.0
+    any_angle = "rotation" in invariances
     if colour:
         nuisance = "hue" in invariances
         return BatchAugment(
-            size, crop_scale=(0.2, 1.0), flip=flip, brightness=0.4, contrast=0.4,
-            saturation=0.8 if nuisance else 0.4, hue=0.5 if nuisance else 0.1,
-            jitter_p=0.8, grayscale_p=0.5 if nuisance else 0.2, **extra,
+            size, crop_scale=(0.2, 1.0), flip=flip, rotation=180.0 if any_angle else 0.0,
+            brightness=0.4, contrast=0.4, saturation=0.8 if nuisance else 0.4,
+            hue=0.5 if nuisance else 0.1, jitter_p=0.8, grayscale_p=0.5 if nuisance else 0.2,
+            invert_p=invert_p,
         )
     if max(size) <= TINY_INPUT_SIZE:
         return BatchAugment(
-            size, **{"crop_scale": (0.5, 1.0), "crop_ratio": (0.8, 1.25), "flip": False,
-                     "rotation": 15.0, "translate": 0.1, "elastic": 0.06, "brightness": 0.3,
-                     "contrast": 0.3, "saturation": 0.0, "jitter_p": 1.0, "grayscale_p": 0.0,
-                     "noise": 0.05, "cutout_p": 0.5, "cutout_size": 0.35,
-                     "padding_mode": "zeros", **extra},
+            size, crop_scale=(0.5, 1.0), crop_ratio=(0.8, 1.25), flip=False,
+            rotation=180.0 if any_angle else 15.0, translate=0.1, elastic=0.06,
+            brightness=0.3, contrast=0.3, saturation=0.0, jitter_p=1.0, grayscale_p=0.0,
+            invert_p=invert_p, noise=0.05, cutout_p=0.5, cutout_size=0.35,
+            padding_mode="zeros",
         )
-    return BatchAugment(size, crop_scale=(0.2, 1.0), flip=flip, **extra)
+    return BatchAugment(size, crop_scale=(0.2, 1.0), flip=flip,
+                        rotation=180.0 if any_angle else 0.0, invert_p=invert_p)
+
+
+def check_invariances(invariances):
+    """``invariances`` (an iterable of names among :data:`INVARIANCES`) as a frozenset;
+    a ValueError naming the parameter for a string or an unknown name."""
+    names = [] if isinstance(invariances, str) else list(invariances)
+    if isinstance(invariances, str) or any(
+            not (isinstance(name, str) and name in INVARIANCES) for name in names):
+        raise ValueError(f"invariances must be a list of names among {INVARIANCES}; got "
+                         f"{invariances!r}.")
+    return frozenset(names)
 
 
 def weak_augment(size, *, flip=True):
