@@ -21,12 +21,27 @@ HEADER = (
 )
 
 
+def cpu_model():
+    """The processor's name and whether it has fast bfloat16 (which the CPU plan uses
+    when present, and which makes a fit about five times faster)."""
+    from spice_learn.runtime import autocast_dtype
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")]
+        name = names[0] if names else name
+    except OSError:
+        pass
+    fast = autocast_dtype(torch.device("cpu")) is not None
+    return f"{name} ({'bfloat16' if fast else 'float32: no fast bfloat16'})"
+
+
 def machine():
     """One line describing where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}; python "
-            f"{platform.python_version()}, torch {torch.__version__}")
+    return (f"{platform.machine()}, {cpu_model()}, {torch.get_num_threads()} torch threads, "
+            f"{gpu}; python {platform.python_version()}, torch {torch.__version__}")
 
 
 def commit():
@@ -80,8 +95,19 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
         parser.add_argument("--reuse-peers", action="store_true",
                             help="fit only SpiceClustering; copy the other methods' rows from "
                                  "the stored result of the same data set and seed")
+    parser.add_argument("--tag", default=None,
+                        help="keep these results apart (their own results file and section "
+                             "of docs/benchmarks.md, headed with the tag), e.g. for another "
+                             "machine")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.tag:
+        results_file = results_file.with_name(f"{results_file.stem}-{args.tag}.json")
+        section, plain_table = f"{section}-{args.tag}", table
+
+        def table(results):
+            heading, _, rest = plain_table(results).partition("\n")
+            return f"{heading} ({args.tag})\n{rest}"
     reuse = getattr(args, "reuse_peers", False)
     if args.worker:
         return worker(args.worker, args.seeds[0], **({"peers": False} if reuse else {}))

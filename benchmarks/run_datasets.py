@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets as data  # noqa: E402
-from report import commit, machine, run_benchmark  # noqa: E402
+from report import commit, cpu_model, machine, run_benchmark  # noqa: E402
 
 #: name -> (loader, description, role). Defaults were chosen on the "development" sets;
 #: the "held out" ones only report them.
@@ -74,7 +74,7 @@ def worker(name, seed, peers=True):
     info = {"dataset": name, "n": len(x), "k": k, "seed": seed, "commit": commit(),
             "load_before_fit": load_before, "plan": {key: (list(v) if isinstance(v, tuple) else v)
                                                      for key, v in model.plan_.items()},
-            "n_nonempty": int(len(np.unique(model.labels_))),
+            "n_nonempty": int(len(np.unique(model.labels_))), "cpu": cpu_model(),
             "entropy_weight": getattr(model, "entropy_weight_", None),
             "entropy_weight_scores": getattr(model, "entropy_weight_scores_", None),
             "semi_rounds": getattr(model, "semi_rounds_", None),
@@ -188,16 +188,22 @@ def table(results):
                 empty = [r["k"] - r["n_nonempty"] for r in runs]
                 peers = sorted({str(r["peers_commit"]) for r in runs if "peers_commit" in r})
                 rounds = [r.get("semi_rounds") for r in runs]
+                epochs = sorted({r["plan"]["pretrain_epochs"] for r in runs})
+                budget = plan.get("pretrain_budget")
+                speeds = [r["plan"].get("pretrain_views_per_second") or 0 for r in runs]
                 note = (f"{'/'.join(commits)}"
                         + (f" (peers' rows from {'/'.join(peers)})" if peers else "")
                         + f"; load {loads}; {plan['backbone']} at "
-                        f"{plan['input_size'][0]} px, {plan['pretrain_epochs']} SimCLR epochs"
+                        f"{plan['input_size'][0]} px, {'/'.join(map(str, epochs))} SimCLR epochs"
+                        + (f" (budget {budget:.0f} s at {min(speeds):.0f}-{max(speeds):.0f} "
+                           "views/s measured)" if budget else "")
                         + (f" (invariances: {'/'.join(plan['invariances']) or 'none'})"
                            if "invariances" in plan else "")
                         + f", {plan['head_objective']} heads"
                         + (f"; SPICE-Semi rounds kept {rounds}"
                            if all(n is not None for n in rounds) else "")
-                        + (f"; empty clusters {empty}" if any(empty) else ""))
+                        + (f"; empty clusters {empty}" if any(empty) else "")
+                        + (f"; {runs[0]['cpu']}" if "cpu" in runs[0] else ""))
             lines.append(
                 f"| {label if i == 0 else ''} | {method} | {np.mean(acc):.3f} | "
                 f"{min(acc):.3f} | {np.mean(nmi):.3f} | "

@@ -34,7 +34,7 @@ X = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # 0-16 -> 0-255 images
 EPOCHS = int(os.environ.get("SPICE_LEARN_EXAMPLE_EPOCHS", 100))  # the default is 100
 
 # %%
-# Fit with the defaults (a few minutes on 2 CPU cores)
+# Fit with the defaults (one to three minutes on 2 CPU cores)
 model = SpiceClustering(n_clusters=10, pretrain_epochs=EPOCHS, random_state=0)
 labels = model.fit_predict(X)
 print("SPICE-Self:", clustering_scores(digits.target, model.self_labels_))

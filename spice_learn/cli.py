@@ -100,7 +100,7 @@ def _cluster(args):
     model = SpiceClustering(
         args.n_clusters, backbone=args.backbone, weights=args.weights,
         pretrain_epochs=args.pretrain_epochs,
-        pretrain_time=None if args.pretrain_minutes is None else 60 * args.pretrain_minutes,
+        pretrain_time="auto" if args.pretrain_minutes is None else 60 * args.pretrain_minutes,
         semi=None if args.semi == "none" else args.semi, random_state=args.seed,
         verbose=_verbosity(args),
     )
@@ -234,7 +234,8 @@ def build_parser():
                          help="self-supervised pretraining epochs, or 'auto' (default: chosen "
                          "from the number of images and the device)")
     cluster.add_argument("--pretrain-minutes", type=float, default=None,
-                         help="wall-clock budget for pretraining in minutes (default: none)")
+                         help="wall-clock budget for pretraining in minutes (default: on a CPU, "
+                              "the epochs that fit a budget set by the number of images)")
     cluster.add_argument("--semi", choices=["head", "finetune", "none"], default="head",
                          help="SPICE-Semi refinement (default: head)")
     cluster.add_argument("--seed", type=int, default=0, help="random_state (default: 0)")

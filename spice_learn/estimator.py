@@ -75,9 +75,16 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         up to 20,000 images and ``60 * sqrt(20,000 / n_samples)`` (at least 15) above,
         and ``100 * sqrt(10,000 / n_samples)`` clipped to 40-150 for colour images
         (:func:`spice_learn.representation.default_pretrain_epochs`).
-    pretrain_time : float or None, default=None
-        Wall-clock budget for pretraining in seconds (None: none; results then
-        depend on the machine's speed).
+    pretrain_time : float, None or "auto", default="auto"
+        Wall-clock budget for pretraining in seconds; training stops when it is
+        spent and the learning-rate schedule follows the clock (results then
+        depend on the machine's speed). None: no budget. "auto": with
+        ``pretrain_epochs="auto"`` on a CPU, a few steps are timed first and the
+        epochs are cut to what fits ``60 * (n_samples / 1,800) ** 0.85`` seconds
+        (3.5 times that for colour images;
+        :func:`spice_learn.representation.cpu_pretrain_budget`), then run in full;
+        ``plan_`` shows the budget, the measured speed and the epochs (pass them as
+        ``pretrain_epochs`` to repeat a fit exactly). Elsewhere "auto" is None.
     pretrain_batch_size : int or "auto", default="auto"
         Images per pretraining step (two views each).
     pretrain_learning_rate : float or "auto", default="auto"
@@ -273,8 +280,12 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ``pretrain_learning_rate``, ``temperature``, ``invariances`` (the optional
         invariances of the contrastive views), ``invariance_scores`` (the accuracy of
         the test that chose them; empty when given or not tested), ``n_weak_views``,
-        ``n_strong_views``, ``head_objective``, ``head_epochs`` and
-        ``estimated_seconds`` (stage 1 and the views on 2 CPU cores, or None).
+        ``n_strong_views``, ``head_objective``, ``head_epochs``,
+        ``pretrain_budget`` (seconds the epochs were fitted to with
+        ``pretrain_time="auto"``, or None), ``pretrain_views_per_second`` (the speed
+        measured for it, or None) and ``estimated_seconds`` (stage 1 and the views on
+        this CPU, from the measured speed, or else on 2 fast cores; None without a
+        cost model).
 
     Examples
     --------
@@ -289,7 +300,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
     def __init__(
         self, n_clusters=10, *, backbone="auto", weights=None, pretrain="auto",
-        pretrain_epochs="auto", pretrain_time=None, pretrain_batch_size="auto",
+        pretrain_epochs="auto", pretrain_time="auto", pretrain_batch_size="auto",
         pretrain_learning_rate="auto", temperature="auto", projection_dim=128, small_stem="auto",
         n_heads=10, head_objective="scan",
         hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs="auto",

@@ -51,7 +51,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     weights : None, "pretrained" or path-like, default=None
     pretrain : {"auto", "simclr"} or None, default="auto"
     pretrain_epochs : int or "auto", default="auto"
-    pretrain_time : float or None, default=None
+    pretrain_time : float, None or "auto", default="auto"
     small_stem : {"auto", True, False}, default="auto"
     flip : bool or "auto", default="auto"
     invariances : "auto", None or list of str, default="auto"
@@ -79,7 +79,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     """
 
     def __init__(self, backbone="auto", *, weights=None, pretrain="auto", pretrain_epochs="auto",
-                 pretrain_time=None, small_stem="auto", flip="auto", invariances="auto",
+                 pretrain_time="auto", small_stem="auto", flip="auto", invariances="auto",
                  batch_size=256,
                  device="auto", compile=False, random_state=None, verbose=0):
         self.backbone = backbone

@@ -17,8 +17,14 @@ whether ``"spice_convnet4"`` was named or chosen. Inputs above 20 px are also fl
 (``flip="auto"``), so colour images of 21 px and more get flips. On
 CUDA the GPU defaults stay: ``spice_convnet4`` up to 28 px, a ResNet-18 above.
 The number of SimCLR epochs follows the number of images
-(:func:`default_pretrain_epochs`), and :func:`estimate_seconds` turns the plan into
-a time estimate on a 2-core CPU that the estimator prints at ``verbose >= 1``.
+(:func:`default_pretrain_epochs`). On a CPU it is also held to a time budget
+(``pretrain_time="auto"``, :func:`cpu_pretrain_budget`): a few training steps are
+timed before the plan is made (:func:`~spice_learn.pretrain.simclr_speed`), and the
+epochs are cut to what fits the budget at the measured speed, so that a processor
+without fast bfloat16 (AVX2 only: about a fifth of the development machine's speed)
+gets a fit of about the same length rather than one five times as long.
+:func:`estimate_seconds` turns the plan into a time estimate that the estimator
+prints at ``verbose >= 1``.
 On any device, what the contrastive views teach the network to ignore beyond the
 basics (colour, polarity) is tested on the images without labels
 (``invariances="auto"``, :mod:`spice_learn.invariances`).
@@ -37,10 +43,11 @@ from . import distributed
 from .backbones import FeatureExtractor, build_backbone
 from .invariances import detect_invariances
 from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
-from .pretrain import pretrain_simclr
+from .pretrain import pretrain_simclr, simclr_speed
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
            "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "PIXEL_COST_EXPONENT", "Stage1Plan",
+           "MIN_BUDGET_EPOCHS", "cpu_pretrain_budget",
            "resolve_backbone",
            "wants_pretraining", "resolve_flip", "is_colour", "default_pretrain_epochs",
            "default_simclr_settings", "plan_representation", "estimate_seconds",
@@ -64,6 +71,8 @@ PIXEL_COST_EXPONENT = 0.8
 #: ``40 * sqrt(10,000 / N)`` epochs (:func:`default_pretrain_epochs`); chosen on
 #: random-colour shapes, and the CIFAR-10 rows ran with it too.
 COLOUR_EPOCH_FACTOR = 2.5
+#: The fewest SimCLR epochs that the CPU time budget cuts ``pretrain_epochs="auto"`` to.
+MIN_BUDGET_EPOCHS = 5
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,12 @@ class Stage1Plan:
         :func:`~spice_learn.ssl_augment.contrastive_augment`).
     invariance_scores : dict
         The test's accuracy per transformation (empty when nothing was tested).
+    time_budget : float or None
+        Seconds of pretraining the epochs were fitted to (``pretrain_time="auto"`` on
+        a CPU, :func:`cpu_pretrain_budget`); None when no budget applied.
+    views_per_second : float or None
+        Contrastive views per second measured before planning
+        (:func:`~spice_learn.pretrain.simclr_speed`); None when not measured.
     """
 
     backbone: str
@@ -99,6 +114,27 @@ class Stage1Plan:
     temperature: float = 0.5
     invariances: tuple = ()
     invariance_scores: dict = field(default_factory=dict)
+    time_budget: float | None = None
+    views_per_second: float | None = None
+
+
+def cpu_pretrain_budget(n_samples, colour):
+    """``pretrain_time="auto"`` on a CPU: seconds of SimCLR for ``n_samples`` images.
+
+    ``60 * (N / 1,800) ** 0.85`` for grayscale images, at least 30 (1 minute for
+    sklearn's digits, 4 for USPS, 5 for 12,669 Fashion-MNIST images, 22 for MNIST's
+    70,000) and 3.5 times that for colour images (4.4 minutes for 2,000, 15 for
+    10,000), which need more epochs (:func:`default_pretrain_epochs`) and larger
+    inputs. Under about 800 images the floor holds: there the heads and the views
+    cost more than the pretraining, and cutting it would save little.
+    The budget leaves the epochs of :func:`default_pretrain_epochs` as they are on a
+    machine with fast bfloat16 (the development machine's rows in
+    docs/benchmarks.md), and keeps the whole default fit of a slower processor near
+    the bounds the project holds itself to on 2 cores: 2 minutes for the digits,
+    10 for 2,000 colour images, 20 for 10,000 and 40 for 70,000.
+    """
+    seconds = max(30.0, 60.0 * (max(n_samples, 1) / 1_800) ** 0.85)
+    return 3.5 * seconds if colour else seconds
 
 
 def default_simclr_settings(colour):
@@ -181,12 +217,21 @@ def default_pretrain_epochs(n_samples, device, colour=False):
 
 def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
                         batch_size=None, learning_rate=None, temperature=None,
-                        invariances=None, seed=0):
-    """The :class:`Stage1Plan` for ``images`` on ``device`` (nothing is built); None
-    for ``pretrain_epochs``, the SimCLR settings and ``invariances`` means "auto":
-    the invariances the images pass the label-free test of
+                        invariances=None, seed=0, pretrain_time=None, small_stem="auto"):
+    """The :class:`Stage1Plan` for ``images`` on ``device``; None for
+    ``pretrain_epochs``, the SimCLR settings and ``invariances`` means "auto": the
+    invariances the images pass the label-free test of
     :func:`~spice_learn.invariances.detect_invariances` for (drawing with ``seed``),
-    which both stage 1's views and SPICE-Semi's "finetune" views follow."""
+    which both stage 1's views and SPICE-Semi's "finetune" views follow.
+
+    With ``pretrain_time="auto"``, "auto" epochs and a named backbone on a CPU, a
+    throwaway copy of the backbone (random weights, ``small_stem``) is built and
+    timed (:func:`~spice_learn.pretrain.simclr_speed`), and the epochs become
+    ``min(default, budget * views_per_second / (2 N))``, at least
+    :data:`MIN_BUDGET_EPOCHS`, with the budget of :func:`cpu_pretrain_budget`. The
+    epochs are then fixed for the run, so a seed repeats its result as long as the
+    measurement lands on the same whole number of epochs (``plan_["pretrain_epochs"]``
+    passed as ``pretrain_epochs`` repeats it exactly). Otherwise nothing is built."""
     image_size = tuple(int(s) for s in images.shape[-2:])
     colour = is_colour(images)
     if isinstance(backbone, FeatureExtractor):
@@ -208,8 +253,22 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
     if invariances is None:  # every process of a torchrun job takes rank 0's outcome
         test = distributed.broadcast_object(detect_invariances(images, colour=colour, seed=seed))
         invariances, scores = test.invariances, test.scores
+    budget = speed = None
+    if (pretrain and pretrain_epochs is None and isinstance(pretrain_time, str)
+            and torch.device(device).type == "cpu" and isinstance(name, str)
+            and not isinstance(backbone, FeatureExtractor)):
+        budget = cpu_pretrain_budget(images.shape[0], colour)
+        probe = build_backbone(name, None, image_size, small_stem=small_stem, seed=seed,
+                               input_size=size)
+        augment = contrastive_augment(probe.input_size, flip=False, colour=colour,
+                                      invariances=tuple(invariances))
+        speed = simclr_speed(probe, images, batch_size=settings["batch_size"],
+                             augment=augment, device=torch.device(device))
+        fitting = int(budget * speed / (2 * max(images.shape[0], 1)))
+        epochs = min(epochs, max(MIN_BUDGET_EPOCHS, fitting))
     return Stage1Plan(name, size, colour, epochs, **settings,
-                      invariances=tuple(invariances), invariance_scores=scores)
+                      invariances=tuple(invariances), invariance_scores=scores,
+                      time_budget=budget, views_per_second=speed)
 
 
 def _working_size(name, colour, image_size):
@@ -231,14 +290,23 @@ def _working_size(name, colour, image_size):
 
 
 def estimate_seconds(plan, n_samples, n_views):
-    """Seconds stage 1 and the view cache take on 2 idle CPU cores, or None when the
-    plan has no cost model (any backbone but ``spice_convnet4``)."""
-    if plan.backbone != SMALL_BACKBONE or plan.input_size is None:
-        return None
-    pixels = (plan.input_size[0] * plan.input_size[1] / 256) ** PIXEL_COST_EXPONENT
-    train = 2 * n_samples * plan.pretrain_epochs * pixels / TRAIN_VIEWS_PER_SECOND_16PX
-    embed = n_samples * n_views * pixels / EMBED_IMAGES_PER_SECOND_16PX
-    return train + embed
+    """Seconds stage 1 and the view cache take on a CPU, or None without a cost model.
+
+    With the speed measured for the plan (``plan.views_per_second``), from it: a
+    cached view (its per-image augmentation and a forward pass) costs as much as
+    ``TRAIN_VIEWS_PER_SECOND_16PX / EMBED_IMAGES_PER_SECOND_16PX`` training views,
+    the ratio of the two on the development machine. Otherwise, for
+    ``spice_convnet4`` only, from those constants (2 idle cores with fast bfloat16:
+    a processor without it takes about five times as long)."""
+    train_speed = plan.views_per_second
+    if train_speed is None:
+        if plan.backbone != SMALL_BACKBONE or plan.input_size is None:
+            return None
+        pixels = (plan.input_size[0] * plan.input_size[1] / 256) ** PIXEL_COST_EXPONENT
+        train_speed = TRAIN_VIEWS_PER_SECOND_16PX / pixels
+    embed_speed = train_speed * EMBED_IMAGES_PER_SECOND_16PX / TRAIN_VIEWS_PER_SECOND_16PX
+    return (2 * n_samples * plan.pretrain_epochs / train_speed
+            + n_samples * n_views / embed_speed)
 
 
 def learn_representation(
@@ -285,9 +353,12 @@ def learn_representation(
         plan = plan_representation(
             backbone, images, pretrain=pretrain, device=device,
             pretrain_epochs=pretrain_params.get("max_epochs"), seed=build_seed,
+            pretrain_time=pretrain_params.get("max_time"), small_stem=small_stem,
             **{key: pretrain_params.get(key)
                for key in ("batch_size", "learning_rate", "temperature", "invariances")})
     pretrain_params.pop("invariances", None)
+    if isinstance(pretrain_params.get("max_time"), str):  # "auto": spent on the epochs
+        pretrain_params["max_time"] = None
     pretrain_params.update(max_epochs=plan.pretrain_epochs, batch_size=plan.batch_size,
                            learning_rate=plan.learning_rate, temperature=plan.temperature)
     if isinstance(backbone, FeatureExtractor):
@@ -323,7 +394,8 @@ class Stage1Settings:
     small_stem: Any = "auto"
     flip: Any = "auto"
     pretrain_epochs: int | None = None
-    max_time: float | None = None
+    #: ``pretrain_time``: seconds, None (no budget) or "auto" (:func:`cpu_pretrain_budget`)
+    max_time: Any = "auto"
     checkpoint_dir: Any = None
     #: SimCLR settings (None: :func:`default_simclr_settings` for the images)
     batch_size: int | None = None
@@ -365,7 +437,9 @@ def plan_summary(plan, extractor):
             "pretrain_batch_size": plan.batch_size,
             "pretrain_learning_rate": plan.learning_rate,
             "temperature": plan.temperature, "invariances": plan.invariances,
-            "invariance_scores": dict(plan.invariance_scores)}
+            "invariance_scores": dict(plan.invariance_scores),
+            "pretrain_budget": plan.time_budget,
+            "pretrain_views_per_second": plan.views_per_second}
 
 
 def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, verbose=0,
@@ -392,7 +466,8 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
     plan = plan_representation(s.backbone, images, pretrain=s.pretrain, device=device,
                                pretrain_epochs=s.pretrain_epochs, batch_size=s.batch_size,
                                learning_rate=s.learning_rate, temperature=s.temperature,
-                               invariances=s.invariances, seed=build_seed)
+                               invariances=s.invariances, seed=build_seed,
+                               pretrain_time=s.max_time, small_stem=s.small_stem)
     estimate = estimate_seconds(plan, images.shape[0], n_views)
     log = log or (lambda message: None)
     size = "its own input size" if plan.input_size is None else \
@@ -403,8 +478,12 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
     log(f"plan: {plan.backbone} at {size} ({'colour' if plan.colour else 'grayscale'} images), "
         f"{plan.pretrain_epochs} SimCLR epochs (optional invariances: {found}), "
         f"{n_views} cached views per image"
+        + ("" if plan.time_budget is None else
+           f" (cut to a budget of {plan.time_budget / 60:.1f} min at the "
+           f"{plan.views_per_second:.0f} views/s measured here)")
         + ("" if estimate is None or device.type != "cpu" else
-           f"; stage 1 and the views take about {estimate / 60:.1f} min on 2 CPU cores"))
+           f"; stage 1 and the views take about {estimate / 60:.1f} min"
+           + ("" if plan.views_per_second is not None else " on 2 fast CPU cores")))
     extractor, history, flip, _ = learn_representation(
         s.backbone, s.weights, images, pretrain=s.pretrain, small_stem=s.small_stem,
         flip=s.flip, build_seed=build_seed, pretrain_seed=pretrain_seed, device=device,

@@ -56,7 +56,7 @@ PARAMETER_CONSTRAINTS = {
     "weights": _PATH,
     "pretrain": [StrOptions({"auto", "simclr"}), None],
     "pretrain_epochs": [_POSITIVE_INT, _AUTO],
-    "pretrain_time": [None, _POSITIVE_REAL],
+    "pretrain_time": [None, _POSITIVE_REAL, _AUTO],
     "pretrain_batch_size": [Interval(Integral, 2, None, closed="left"), _AUTO],
     "pretrain_learning_rate": [_POSITIVE_REAL, _AUTO],
     "temperature": [_POSITIVE_REAL, _AUTO],
@@ -337,7 +337,8 @@ def fitted_plan(settings, stage1, head_epochs):
     summary = stage1.summary() if stage1 is not None else {
         "backbone": None, "input_size": None, "colour": None, "pretrain_epochs": 0,
         "pretrain_batch_size": None, "pretrain_learning_rate": None, "temperature": None,
-        "invariances": (), "invariance_scores": {}}
+        "invariances": (), "invariance_scores": {}, "pretrain_budget": None,
+        "pretrain_views_per_second": None}
     return {**summary, "n_weak_views": settings.views.n_weak,
             "n_strong_views": settings.views.n_strong, "head_objective": settings.heads.objective,
             "head_epochs": int(head_epochs),

@@ -10,7 +10,8 @@ from _images import pattern_images, random_pixels
 import spice_learn.representation as representation
 from spice_learn import SpiceClustering
 from spice_learn.backbones import build_backbone
-from spice_learn.pretrain import ProjectionHead, pretrain_simclr
+from spice_learn.pretrain import ProjectionHead, pretrain_simclr, simclr_speed
+from spice_learn.ssl_augment import contrastive_augment
 
 
 def test_projection_head_shape():
@@ -26,6 +27,25 @@ def _pretrain(seed=0, epochs=3, **kwargs):
     params.update(kwargs)
     history = pretrain_simclr(extractor, pattern_images(), **params)
     return extractor, history
+
+
+def test_simclr_speed_times_a_copy_and_leaves_everything_as_it_was():
+    extractor = build_backbone("spice_convnet4", None, (12, 12), seed=0)
+    extractor.module.eval()
+    before = {name: value.clone() for name, value in extractor.module.state_dict().items()}
+    images = pattern_images()
+    kept = images.clone()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    speed = simclr_speed(extractor, images, batch_size=16, steps=2, device=torch.device("cpu"),
+                         augment=contrastive_augment(extractor.input_size, flip=False))
+    assert np.isfinite(speed) and speed > 0
+    assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream goes on unchanged
+    after = extractor.module.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # BN stats too
+    assert not extractor.module.training
+    assert torch.equal(images, kept)
 
 
 def test_loss_falls_over_a_few_epochs():

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from spice_learn import SpiceClustering
+from spice_learn import SpiceClustering, representation
 from spice_learn.representation import (
     COLOUR_INPUT_SIZE,
     GRAY_INPUT_SIZE,
+    MIN_BUDGET_EPOCHS,
+    cpu_pretrain_budget,
     default_pretrain_epochs,
     default_simclr_settings,
     estimate_seconds,
@@ -96,6 +98,66 @@ def test_plan_resolves_size_colour_and_settings():
     assert none.pretrain_epochs == 0
 
 
+def test_cpu_budget_grows_with_the_data_and_colour():
+    digits, mnist = cpu_pretrain_budget(1_800, False), cpu_pretrain_budget(70_000, False)
+    assert digits == pytest.approx(60.0) and 20 * 60 < mnist < 25 * 60
+    assert cpu_pretrain_budget(10_000, False) > digits
+    assert cpu_pretrain_budget(1_800, True) == pytest.approx(3.5 * digits)
+    assert cpu_pretrain_budget(50, False) == cpu_pretrain_budget(500, False) == 30.0  # floor
+
+
+class _FakeSpeed:
+    """Stands in for ``simclr_speed``: records its calls, returns ``speed``."""
+
+    def __init__(self, speed):
+        self.speed, self.calls = speed, []
+
+    def __call__(self, extractor, images, *, batch_size, augment, device, steps=2):
+        self.calls.append((tuple(extractor.input_size), batch_size, images.shape[0]))
+        return self.speed
+
+
+def test_auto_time_fits_the_epochs_to_the_measured_speed(monkeypatch):
+    images, n = gray_images(n=900), 900
+    budget = cpu_pretrain_budget(n, False)
+    default = default_pretrain_epochs(n, CPU)
+
+    def plan(speed, **kwargs):
+        fake = _FakeSpeed(speed)
+        monkeypatch.setattr(representation, "simclr_speed", fake)
+        args = {"pretrain": True, "pretrain_epochs": None, "device": CPU,
+                "pretrain_time": "auto", **kwargs}
+        return plan_representation("auto", images, **args), fake.calls
+
+    slow, calls = plan(2 * n * 12.5 / budget)  # 12.5 epochs fit the budget
+    assert slow.pretrain_epochs == 12 < default
+    assert slow.time_budget == pytest.approx(budget)
+    assert slow.views_per_second == pytest.approx(2 * n * 12.5 / budget)
+    assert calls == [((GRAY_INPUT_SIZE, GRAY_INPUT_SIZE), 256, n)]  # the plan's net and batch
+    fast, _ = plan(1e9)
+    assert fast.pretrain_epochs == default  # the budget never adds epochs
+    crawl, _ = plan(1.0)
+    assert crawl.pretrain_epochs == MIN_BUDGET_EPOCHS
+    # explicit epochs, no budget or a given one, no pretraining, CUDA: nothing is timed
+    for kwargs in ({"pretrain_epochs": 40}, {"pretrain_time": None}, {"pretrain_time": 60.0},
+                   {"pretrain": False}, {"device": CUDA}):
+        other, calls = plan(1.0, **kwargs)
+        assert calls == [] and other.time_budget is None and other.views_per_second is None
+    assert plan(1.0, pretrain_epochs=40)[0].pretrain_epochs == 40
+
+
+def test_estimate_follows_the_measured_speed(monkeypatch):
+    monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(100.0))
+    measured = plan_representation("auto", gray_images(n=900), pretrain=True,
+                                   pretrain_epochs=None, device=CPU, pretrain_time="auto")
+    half = plan_representation("auto", gray_images(n=900), pretrain=True,
+                               pretrain_epochs=measured.pretrain_epochs, device=CPU)
+    # 100 views/s is far slower than the development machine's constants
+    assert estimate_seconds(measured, 900, 7) > 5 * estimate_seconds(half, 900, 7)
+    train = 2 * 900 * measured.pretrain_epochs / 100.0
+    assert estimate_seconds(measured, 900, 0) == pytest.approx(train)
+
+
 def test_estimate_grows_with_images_epochs_and_pixels():
     plan = plan_representation("auto", gray_images(), pretrain=True, pretrain_epochs=10,
                                device=CPU)
@@ -126,8 +188,23 @@ def test_fit_exposes_and_prints_the_plan(capsys):
     assert plan["pretrain_epochs"] == 1 == len(model.pretrain_history_)
     assert plan["temperature"] == 0.2 and plan["head_objective"] == "scan"
     assert plan["estimated_seconds"] > 0
+    assert plan["pretrain_budget"] is None and plan["pretrain_views_per_second"] is None
     gray = np.repeat(X[..., :1], 3, axis=3)
     model = SpiceClustering(2, pretrain_epochs=1, n_heads=2, semi=None, temperature=0.3,
                             random_state=0).fit(gray)
     assert model.plan_["colour"] is False and model.plan_["temperature"] == 0.3
     assert model.plan_["pretrain_batch_size"] == 256
+
+
+def test_fit_runs_the_epochs_its_budget_allows(monkeypatch):
+    X = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    budget = cpu_pretrain_budget(40, False)
+    monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(2 * 40 * 7.5 / budget))
+    model = SpiceClustering(2, n_heads=2, semi=None, random_state=0).fit(X)
+    assert model.plan_["pretrain_epochs"] == 7 == len(model.pretrain_history_)
+    assert model.plan_["pretrain_budget"] == pytest.approx(budget)
+    assert model.plan_["pretrain_views_per_second"] == pytest.approx(2 * 40 * 7.5 / budget)
+    untimed = SpiceClustering(2, n_heads=2, semi=None, pretrain_time=None, random_state=0)
+    untimed.fit(X)
+    assert untimed.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)
+    assert untimed.plan_["pretrain_budget"] is None
