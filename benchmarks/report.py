@@ -95,6 +95,8 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
         parser.add_argument("--reuse-peers", action="store_true",
                             help="fit only SpiceClustering; copy the other methods' rows from "
                                  "the stored result of the same data set and seed")
+        parser.add_argument("--own-only", action="store_true",
+                            help="fit only SpiceClustering, without the other methods' rows")
     parser.add_argument("--tag", default=None,
                         help="keep these results apart (their own results file and section "
                              "of docs/benchmarks.md, headed with the tag), e.g. for another "
@@ -109,8 +111,10 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
             heading, _, rest = plain_table(results).partition("\n")
             return f"{heading} ({args.tag})\n{rest}"
     reuse = getattr(args, "reuse_peers", False)
+    own_only = getattr(args, "own_only", False)
     if args.worker:
-        return worker(args.worker, args.seeds[0], **({"peers": False} if reuse else {}))
+        return worker(args.worker, args.seeds[0],
+                      **({"peers": False} if reuse or own_only else {}))
     results = json.loads(results_file.read_text()) if results_file.exists() else []
     if args.table_only:
         print(f"wrote {write_section(section, table(results))}")
@@ -122,7 +126,7 @@ def run_benchmark(argv, *, script, doc, loaders, default_seeds, results_file, se
             peers_from = old[0] if reuse and old else None
             print(f"{name}, seed {seed}: load average {os.getloadavg()[0]:.2f} ...", flush=True)
             out = subprocess.run([sys.executable, script, "--worker", name, "--seeds", str(seed)]
-                                 + (["--reuse-peers"] if peers_from else []),
+                                 + (["--reuse-peers"] if peers_from or own_only else []),
                                  capture_output=True, text=True)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode != 0 or not line:
