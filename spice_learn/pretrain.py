@@ -25,6 +25,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
@@ -332,16 +333,21 @@ def _save_checkpoint(path, state):
         torch.save(state, tmp)
 
 
-def simclr_speed(extractor, images, *, batch_size, augment, device, steps=2):
+def simclr_speed(extractor, images, *, batch_size, augment, device, steps=4, min_time=1.0):
     """Contrastive views per second that :func:`pretrain_simclr` trains ``extractor``
     on here and now, measured on a copy (the extractor, its weights and the
     caller's RNG are left as they were).
 
-    One warm-up step and ``steps`` timed steps on the first ``batch_size`` images
-    with the real augmentation, network, projection head, loss and AdamW update,
-    in the same precision and memory format. About a second for
-    ``spice_convnet4`` at 16 px on 2 cores. Under torchrun every process measures and
-    rank 0's number is returned, so that all take the same decisions from it.
+    Two warm-up steps, then timed steps on the first ``batch_size`` images with the
+    real augmentation, network, projection head, loss and AdamW update, in the same
+    precision and memory format, until ``steps`` of them and ``min_time`` seconds
+    are done; the speed is that of the median step. Single steps on a shared
+    2-core machine vary by 20 % or more: the mean of two steps after one warm-up
+    step ranged over 619-1,153 views/s in three fits on the same idle machine, the
+    median after two warm-up steps over 1,081-1,238 in six measurements. About 3 seconds for
+    ``spice_convnet4`` at 16 px on 2 cores without fast bfloat16. Under torchrun
+    every process measures and rank 0's number is returned, so that all take the
+    same decisions from it.
 
     Parameters
     ----------
@@ -351,7 +357,10 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=2):
         Images per step (each gives two views); clipped to ``N``.
     augment : BatchAugment
     device : torch.device
-    steps : int, default=2
+    steps : int, default=4
+        The fewest timed steps.
+    min_time : float, default=1.0
+        The fewest seconds of timed steps.
 
     Returns
     -------
@@ -372,7 +381,7 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=2):
         amp = autocast_dtype(device, bf16_only=True)
         gen = torch.Generator().manual_seed(0)
         seconds = []
-        for _ in range(steps + 1):
+        while len(seconds) < steps + 2 or sum(seconds[2:]) < min_time:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -388,5 +397,5 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=2):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - start)
-    speed = 2 * batch * steps / sum(seconds[1:])
+    speed = 2 * batch / float(np.median(seconds[2:]))
     return float(distributed.broadcast_object(speed))

@@ -112,7 +112,7 @@ class _FakeSpeed:
     def __init__(self, speed):
         self.speed, self.calls = speed, []
 
-    def __call__(self, extractor, images, *, batch_size, augment, device, steps=2):
+    def __call__(self, extractor, images, *, batch_size, augment, device, **_):
         self.calls.append((tuple(extractor.input_size), batch_size, images.shape[0]))
         return self.speed
 
