@@ -123,7 +123,7 @@ def cpu_pretrain_budget(n_samples, colour):
 
     ``60 * (N / 1,800) ** 0.85`` for grayscale images, at least 30 (1 minute for
     sklearn's digits, 4 for USPS, 5 for 12,669 Fashion-MNIST images, 22 for MNIST's
-    70,000) and 3.5 times that for colour images (4.4 minutes for 2,000, 15 for
+    70,000) and 3.5 times that for colour images (3.8 minutes for 2,000, 15 for
     10,000), which need more epochs (:func:`default_pretrain_epochs`) and larger
     inputs. Under about 800 images the floor holds: there the heads and the views
     cost more than the pretraining, and cutting it would save little.
