@@ -84,7 +84,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         (3.5 times that for colour images;
         :func:`spice_learn.representation.cpu_pretrain_budget`), then run in full;
         ``plan_`` shows the budget, the measured speed and the epochs (pass them as
-        ``pretrain_epochs`` to repeat a fit exactly). Elsewhere "auto" is None.
+        ``pretrain_epochs`` to repeat a fit exactly). The rule's epochs stand when at
+        least 80 % of them fit; the cut keeps at least 5. Elsewhere (CUDA, explicit
+        epochs, a ``checkpoint_dir``, whose reruns must plan the same epochs to
+        resume) "auto" is None.
     pretrain_batch_size : int or "auto", default="auto"
         Images per pretraining step (two views each).
     pretrain_learning_rate : float or "auto", default="auto"

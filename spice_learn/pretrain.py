@@ -345,9 +345,11 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=4, min
     2-core machine vary by 20 % or more: the mean of two steps after one warm-up
     step ranged over 619-1,153 views/s in three fits on the same idle machine, the
     median after two warm-up steps over 1,081-1,238 in six measurements. About 3 seconds for
-    ``spice_convnet4`` at 16 px on 2 cores without fast bfloat16. Under torchrun
-    every process measures and rank 0's number is returned, so that all take the
-    same decisions from it.
+    ``spice_convnet4`` at 16 px on 2 cores without fast bfloat16; decoding is not
+    timed (the first batch is read once), so images decoded from files on every
+    epoch train more slowly than measured. Under torchrun rank 0 measures alone
+    (processes sharing CPU cores would slow each other down) and every process
+    gets its number, so that all take the same decisions from it.
 
     Parameters
     ----------
@@ -366,6 +368,13 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=4, min
     -------
     float
     """
+    speed = None
+    if distributed.is_main_process():
+        speed = _timed_steps(extractor, images, batch_size, augment, device, steps, min_time)
+    return float(distributed.broadcast_object(speed))
+
+
+def _timed_steps(extractor, images, batch_size, augment, device, steps, min_time):
     with isolated_rng(device, 0):
         module = copy.deepcopy(extractor.module).to(device).train().requires_grad_(True)
         module = module.to(memory_format=torch.channels_last)
@@ -397,5 +406,4 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=4, min
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - start)
-    speed = 2 * batch / float(np.median(seconds[2:]))
-    return float(distributed.broadcast_object(speed))
+    return 2 * batch / float(np.median(seconds[2:]))

@@ -138,6 +138,14 @@ def test_auto_time_fits_the_epochs_to_the_measured_speed(monkeypatch):
     assert fast.pretrain_epochs == default  # the budget never adds epochs
     crawl, _ = plan(1.0)
     assert crawl.pretrain_epochs == MIN_BUDGET_EPOCHS
+    near, _ = plan(2 * n * 0.9 * default / budget)  # 90 % of the rule's epochs fit
+    assert near.pretrain_epochs == default and near.time_budget == pytest.approx(budget)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    fake = _FakeSpeed(1.0)
+    monkeypatch.setattr(representation, "simclr_speed", fake)
+    own = plan_representation(module, images, pretrain=True, pretrain_epochs=None, device=CPU,
+                              pretrain_time="auto")  # a user's module is not timed
+    assert fake.calls == [] and own.time_budget is None and own.pretrain_epochs == default
     # explicit epochs, no budget or a given one, no pretraining, CUDA: nothing is timed
     for kwargs in ({"pretrain_epochs": 40}, {"pretrain_time": None}, {"pretrain_time": 60.0},
                    {"pretrain": False}, {"device": CUDA}):
@@ -208,3 +216,13 @@ def test_fit_runs_the_epochs_its_budget_allows(monkeypatch):
     untimed.fit(X)
     assert untimed.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)
     assert untimed.plan_["pretrain_budget"] is None
+
+
+def test_checkpointed_fits_keep_the_rule_so_reruns_resume(monkeypatch, tmp_path):
+    X = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    fake = _FakeSpeed(1.0)  # would cut to the fewest epochs
+    monkeypatch.setattr(representation, "simclr_speed", fake)
+    model = SpiceClustering(2, n_heads=2, semi=None, checkpoint_dir=tmp_path,
+                            random_state=0).fit(X)
+    assert fake.calls == [] and model.plan_["pretrain_budget"] is None
+    assert model.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)
