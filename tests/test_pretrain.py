@@ -178,6 +178,14 @@ def test_bad_pretraining_parameters(bad, match):
         SpiceClustering(3, **bad).fit(_images())
 
 
+def test_pretrain_time_accepts_only_seconds_none_or_auto():
+    model = SpiceClustering(3, pretrain_time="fast")
+    with pytest.raises(TypeError, match="pretrain_time"):
+        model.fit(_images())
+    assert not hasattr(model, "plan_")  # nothing fitted
+    assert SpiceClustering(3).get_params()["pretrain_time"] == "auto"
+
+
 def test_pretrain_simclr_needs_images():
     X = np.random.default_rng(0).normal(size=(20, 4))
     with pytest.raises(ValueError, match="pretrain='simclr' needs images"):
