@@ -10,7 +10,16 @@ from torch import nn
 
 from spice_learn.cache_augment import strong_transform, weak_transform
 from spice_learn.backbones import build_backbone
-from spice_learn.embedding import ViewCache, cache_nbytes, embed_images, embed_views
+from spice_learn import embedding
+from spice_learn.embedding import (
+    ViewCache,
+    augment_workers,
+    cache_nbytes,
+    embed_images,
+    embed_views,
+)
+from spice_learn.image_stream import ImageStream
+from spice_learn.runtime import torch_threads
 
 CPU = torch.device("cpu")
 N, FEAT = 10, 8
@@ -101,6 +110,44 @@ def test_embed_views_does_not_modify_images(extractor, images):
     before = images.clone()
     embed_views(extractor, images, _transforms(extractor), batch_size=4, device=CPU)
     assert torch.equal(images, before)
+
+
+def test_worker_processes_augment_the_same_views(extractor, images, monkeypatch):
+    """Blocks augmented by worker processes give the views augmented in this process,
+    and the caller's RNG is left as it was."""
+    kwargs = dict(batch_size=3, device=CPU, seed=5)
+    monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 10**9)
+    serial = embed_views(extractor, images, _transforms(extractor), **kwargs)
+    monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 1)
+    used = []
+    parallel = embedding._BlockViews.parallel
+    monkeypatch.setattr(embedding._BlockViews, "parallel",
+                        lambda self, workers, **kw: used.append(workers) or parallel(
+                            self, workers, **kw))
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    with torch_threads(2):
+        out = embed_views(extractor, images, _transforms(extractor), **kwargs)
+    assert used == [2]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(out, serial)
+
+
+def test_augment_workers_rules(images, monkeypatch, tmp_path):
+    views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
+    monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 20)
+    with torch_threads(4):
+        assert augment_workers(images, views, 10, n_blocks=5) == 4
+        assert augment_workers(images, views, 10, n_blocks=3) == 3  # one per block at most
+        assert augment_workers(images, views, 10, n_blocks=1) == 0
+        assert augment_workers(images, views, 9, n_blocks=5) == 0  # 18 augmented views
+        assert augment_workers(images, [None], 1000, n_blocks=5) == 0  # nothing augmented
+        monkeypatch.setattr(embedding, "MAX_AUGMENT_WORKERS", 3)
+        assert augment_workers(images, views, 10, n_blocks=5) == 3
+        stream = ImageStream(images)
+        assert augment_workers(stream, views, 10, n_blocks=5) == 0  # its own workers decode
+    with torch_threads(1):
+        assert augment_workers(images, views, 10, n_blocks=5) == 0
 
 
 @pytest.mark.parametrize(
