@@ -170,18 +170,13 @@ def _pretrain_simclr(
     extractor, images, *, max_epochs, max_time, batch_size, learning_rate, temperature,
     projection_dim, flip, seed, device, verbose, checkpoint_dir, compile, augment,
 ):
-    module = extractor.module.to(device).train().requires_grad_(True)
-    module = module.to(memory_format=torch.channels_last)
+    module, head, optimizer = _training_parts(extractor, extractor.module, projection_dim,
+                                              learning_rate, device)  # RNG: isolated_rng
     gen = torch.Generator().manual_seed(seed)
-    head = ProjectionHead(extractor.feature_dim, projection_dim).to(device)  # RNG: isolated_rng
-    params = list(module.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
     size = list(extractor.input_size)
     if augment is None:
         augment = contrastive_augment(size, flip=flip)
-    mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
-    amp = autocast_dtype(device, bf16_only=True)
+    mean, std, amp = _input_statistics(extractor, device)
     n = images.shape[0]
     batch = min(batch_size, n)
     _check_batch(batch)
@@ -278,8 +273,7 @@ def _train_epochs(
                 out_of_memory = False
                 try:  # forward and backward only: no parameter has changed yet when they fail
                     x = x.to(device, non_blocking=True).float().div_(255)
-                    views = [((augment(x, gen, rows=(lo, hi, n_idx)) - mean) / std)
-                             .contiguous(memory_format=torch.channels_last) for _ in range(2)]
+                    views = _two_views(x, augment, gen, (lo, hi, n_idx), mean, std)
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                         loss = contrastive_loss(net, views, temperature)
                     optimizer.zero_grad(set_to_none=True)
@@ -311,6 +305,34 @@ def _train_epochs(
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {**checkpoint_state(), "batch": batch})
+
+
+def _training_parts(extractor, module, projection_dim, learning_rate, device):
+    """``module, head, optimizer`` of a SimCLR run, set up alike for training and
+    for :func:`simclr_speed`: ``module`` moved to ``device`` in place, in train mode
+    with gradients and channels_last; a new :class:`ProjectionHead` (its weights
+    drawn from the global RNG); AdamW over both (weight decay 1e-4)."""
+    module = module.to(device).train().requires_grad_(True)
+    module = module.to(memory_format=torch.channels_last)
+    head = ProjectionHead(extractor.feature_dim, projection_dim).to(device)
+    params = list(module.parameters()) + list(head.parameters())
+    return module, head, torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
+
+
+def _input_statistics(extractor, device):
+    """``mean, std`` of the extractor's input normalisation, shaped ``(1, 3, 1, 1)`` on
+    ``device``, and the autocast type of training there (None: float32)."""
+    mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
+    return mean, std, autocast_dtype(device, bf16_only=True)
+
+
+def _two_views(x, augment, gen, rows, mean, std):
+    """Two augmented, normalised, channels_last views of the float batch ``x`` in [0, 1]
+    (``rows``: this process's share of the global batch, see
+    :class:`~spice_learn.ssl_augment.BatchAugment`)."""
+    return [((augment(x, gen, rows=rows) - mean) / std)
+            .contiguous(memory_format=torch.channels_last) for _ in range(2)]
 
 
 def _epoch_batches(images, perm, first, batch, *, pin):
@@ -376,26 +398,22 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=4, min
 
 def _timed_steps(extractor, images, batch_size, augment, device, steps, min_time):
     with isolated_rng(device, 0):
-        module = copy.deepcopy(extractor.module).to(device).train().requires_grad_(True)
-        module = module.to(memory_format=torch.channels_last)
-        net = SimCLRNet(module, ProjectionHead(extractor.feature_dim, 128).to(device))
-        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        module, head, optimizer = _training_parts(
+            extractor, copy.deepcopy(extractor.module), 128, 1e-4, device)
+        net = SimCLRNet(module, head)
         batch = min(batch_size, images.shape[0])
         x = images[:batch]
         if list(x.shape[-2:]) != list(extractor.input_size):
             x = TF.resize(x, list(extractor.input_size), antialias=True)
         x = x.to(device).float().div_(255)
-        mean = torch.tensor(extractor.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(extractor.std, device=device).view(1, 3, 1, 1)
-        amp = autocast_dtype(device, bf16_only=True)
+        mean, std, amp = _input_statistics(extractor, device)
         gen = torch.Generator().manual_seed(0)
         seconds = []
         while len(seconds) < steps + 2 or sum(seconds[2:]) < min_time:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            views = [((augment(x, gen, rows=(0, batch, batch)) - mean) / std)
-                     .contiguous(memory_format=torch.channels_last) for _ in range(2)]
+            views = _two_views(x, augment, gen, (0, batch, batch), mean, std)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 z = net(torch.cat(views))
             with torch.autocast(device.type, enabled=False):
