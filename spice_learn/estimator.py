@@ -80,8 +80,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         spent and the learning-rate schedule follows the clock (results then
         depend on the machine's speed). None: no budget. "auto": with
         ``pretrain_epochs="auto"`` on a CPU, a few steps are timed first and the
-        epochs are cut to what fits ``60 * (n_samples / 1,800) ** 0.85`` seconds
-        (3.5 times that for colour images;
+        epochs are cut to what fits a budget that grows with ``n_samples`` (1 minute
+        for 1,800 grayscale images, 7.2 for 9,300, at most 25; 3.8 minutes for 2,000
+        colour images, 15 for 10,000;
         :func:`spice_learn.representation.cpu_pretrain_budget`), then run in full;
         ``plan_`` shows the budget, the measured speed and the epochs (pass them as
         ``pretrain_epochs`` to repeat a fit exactly). The rule's epochs stand when at
@@ -167,7 +168,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         the heads read their minibatches from it. Only fits with an int
         ``random_state`` reuse a file. See :mod:`spice_learn.view_cache`.
     n_jobs : int or None, default=None
-        Torch CPU threads in every method (-1: all cores; None: torch's setting).
+        Torch CPU threads in every method (-1: all cores; None: torch's setting);
+        in ``fit`` also the worker processes that augment the cached views, one per
+        thread when there are at least two (:func:`~spice_learn.embedding.augment_workers`).
     semi : {"head", "finetune"} or None, default="head"
         SPICE-Semi (paper section 3.3): after SPICE-Self, samples whose
         neighbourhood agrees with their cluster become labelled data for a

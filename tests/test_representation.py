@@ -7,6 +7,7 @@ import torch
 from spice_learn import SpiceClustering, representation
 from spice_learn.representation import (
     COLOUR_INPUT_SIZE,
+    GRAY_BUDGET_CAP,
     GRAY_INPUT_SIZE,
     MIN_BUDGET_EPOCHS,
     cpu_pretrain_budget,
@@ -100,10 +101,19 @@ def test_plan_resolves_size_colour_and_settings():
 
 def test_cpu_budget_grows_with_the_data_and_colour():
     digits, mnist = cpu_pretrain_budget(1_800, False), cpu_pretrain_budget(70_000, False)
-    assert digits == pytest.approx(60.0) and 20 * 60 < mnist < 25 * 60
-    assert cpu_pretrain_budget(10_000, False) > digits
+    assert digits == pytest.approx(60.0) and mnist == GRAY_BUDGET_CAP == 25 * 60
+    assert 7 * 60 < cpu_pretrain_budget(9_298, False) < 7.5 * 60  # USPS
     assert cpu_pretrain_budget(1_800, True) == pytest.approx(3.5 * digits)
+    assert 14 * 60 < cpu_pretrain_budget(10_000, True) < 16 * 60
     assert cpu_pretrain_budget(50, False) == cpu_pretrain_budget(500, False) == 30.0  # floor
+    sizes = range(100, 100_000, 100)
+    for colour in (False, True):
+        budgets = [cpu_pretrain_budget(n, colour) for n in sizes]
+        assert all(a <= b for a, b in zip(budgets, budgets[1:]))  # no step down
+    # Up to MNIST's size never below the earlier 60 * (N / 1,800) ** 0.85, so machines
+    # on which the rule's epochs fitted that budget keep them.
+    assert all(cpu_pretrain_budget(n, False) >= 60 * (n / 1_800) ** 0.85 - 1e-9
+               for n in range(100, 70_001, 100))
 
 
 class _FakeSpeed:
