@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import multiprocessing
 from dataclasses import dataclass
 
 import torch
@@ -319,8 +320,9 @@ def augment_workers(images, transforms, n_images, n_blocks):
     """Worker processes that augment the views of :func:`embed_views`: one per torch
     thread (``n_jobs``), at most :data:`MAX_AUGMENT_WORKERS` and one per block, and
     none (augment in this process) when that is fewer than 2, when the images are an
-    ImageStream (its own workers decode), or for fewer than
-    :data:`MIN_PARALLEL_VIEWS` augmented image views.
+    ImageStream (its own workers decode), for fewer than
+    :data:`MIN_PARALLEL_VIEWS` augmented image views, or in a daemon process (a
+    ``multiprocessing.Pool`` worker may not start processes).
 
     The torchvision transforms work on one image at a time, in Python, on one core.
     The forward passes then run with the threads the workers leave, at least one.
@@ -331,6 +333,8 @@ def augment_workers(images, transforms, n_images, n_blocks):
     n_augmented = n_images * sum(t is not None for t in transforms)
     if not isinstance(images, torch.Tensor) or n_augmented < MIN_PARALLEL_VIEWS:
         return 0
+    if multiprocessing.current_process().daemon:  # e.g. a multiprocessing.Pool worker,
+        return 0  # which may not start processes of its own
     workers = min(torch.get_num_threads(), MAX_AUGMENT_WORKERS, n_blocks)
     return workers if workers >= 2 else 0
 

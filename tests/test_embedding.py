@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -147,6 +148,17 @@ def test_augment_workers_rules(images, monkeypatch, tmp_path):
         stream = ImageStream(images)
         assert augment_workers(stream, views, 10, n_blocks=5) == 0  # its own workers decode
     with torch_threads(1):
+        assert augment_workers(images, views, 10, n_blocks=5) == 0
+
+
+def test_no_augment_workers_in_a_daemon_process(images, monkeypatch):
+    """A multiprocessing.Pool worker (a daemon) may not start processes: it augments itself."""
+    views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
+    monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 1)
+    with torch_threads(4):
+        assert augment_workers(images, views, 10, n_blocks=5) == 4
+        monkeypatch.setattr(embedding.multiprocessing, "current_process",
+                            lambda: SimpleNamespace(daemon=True))
         assert augment_workers(images, views, 10, n_blocks=5) == 0
 
 
