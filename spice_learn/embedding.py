@@ -15,6 +15,7 @@ import contextlib
 import copy
 import hashlib
 import multiprocessing
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -308,7 +309,8 @@ class _BlockViews(Dataset):
         """Yield the views block by block, augmented by ``workers`` processes (a
         DataLoader, two blocks ahead per worker; the caller's RNG is not drawn from)."""
         loader = DataLoader(self, batch_size=None, num_workers=workers,
-                            pin_memory=pin_memory, generator=torch.Generator())
+                            pin_memory=pin_memory, generator=torch.Generator(),
+                            multiprocessing_context="fork")  # Linux only: augment_workers
         batches = iter(loader)
         try:
             yield from batches
@@ -321,8 +323,11 @@ def augment_workers(images, transforms, n_images, n_blocks):
     thread (``n_jobs``), at most :data:`MAX_AUGMENT_WORKERS` and one per block, and
     none (augment in this process) when that is fewer than 2, when the images are an
     ImageStream (its own workers decode), for fewer than
-    :data:`MIN_PARALLEL_VIEWS` augmented image views, or in a daemon process (a
-    ``multiprocessing.Pool`` worker may not start processes).
+    :data:`MIN_PARALLEL_VIEWS` augmented image views, in a daemon process (a
+    ``multiprocessing.Pool`` worker may not start processes), and off Linux: the
+    workers are forked, and the spawn start of macOS and Windows would import the
+    caller's script again in each worker (a script without an
+    ``if __name__ == "__main__":`` guard would fail).
 
     The torchvision transforms work on one image at a time, in Python, on one core.
     The forward passes then run with the threads the workers leave, at least one.
@@ -333,8 +338,8 @@ def augment_workers(images, transforms, n_images, n_blocks):
     n_augmented = n_images * sum(t is not None for t in transforms)
     if not isinstance(images, torch.Tensor) or n_augmented < MIN_PARALLEL_VIEWS:
         return 0
-    if multiprocessing.current_process().daemon:  # e.g. a multiprocessing.Pool worker,
-        return 0  # which may not start processes of its own
+    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
+        return 0  # no fork start (see above), or a Pool worker, which may not start processes
     workers = min(torch.get_num_threads(), MAX_AUGMENT_WORKERS, n_blocks)
     return workers if workers >= 2 else 0
 

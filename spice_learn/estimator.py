@@ -169,8 +169,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ``random_state`` reuse a file. See :mod:`spice_learn.view_cache`.
     n_jobs : int or None, default=None
         Torch CPU threads in every method (-1: all cores; None: torch's setting);
-        in ``fit`` also the worker processes that augment the cached views, one per
-        thread when there are at least two (:func:`~spice_learn.embedding.augment_workers`).
+        in ``fit`` on Linux also the worker processes that augment the cached views, one
+        per thread when there are at least two (:func:`~spice_learn.embedding.augment_workers`).
     semi : {"head", "finetune"} or None, default="head"
         SPICE-Semi (paper section 3.3): after SPICE-Self, samples whose
         neighbourhood agrees with their cluster become labelled data for a

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -113,6 +114,11 @@ def test_embed_views_does_not_modify_images(extractor, images):
     assert torch.equal(images, before)
 
 
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="augmentation workers are forked, on Linux only")
+
+
+@LINUX_ONLY
 def test_worker_processes_augment_the_same_views(extractor, images, monkeypatch):
     """Blocks augmented by worker processes give the views augmented in this process,
     and the caller's RNG is left as it was."""
@@ -134,7 +140,8 @@ def test_worker_processes_augment_the_same_views(extractor, images, monkeypatch)
     assert torch.equal(out, serial)
 
 
-def test_augment_workers_rules(images, monkeypatch, tmp_path):
+@LINUX_ONLY
+def test_augment_workers_rules(images, monkeypatch):
     views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
     monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 20)
     with torch_threads(4):
@@ -151,6 +158,7 @@ def test_augment_workers_rules(images, monkeypatch, tmp_path):
         assert augment_workers(images, views, 10, n_blocks=5) == 0
 
 
+@LINUX_ONLY
 def test_no_augment_workers_in_a_daemon_process(images, monkeypatch):
     """A multiprocessing.Pool worker (a daemon) may not start processes: it augments itself."""
     views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
@@ -159,6 +167,16 @@ def test_no_augment_workers_in_a_daemon_process(images, monkeypatch):
         assert augment_workers(images, views, 10, n_blocks=5) == 4
         monkeypatch.setattr(embedding.multiprocessing, "current_process",
                             lambda: SimpleNamespace(daemon=True))
+        assert augment_workers(images, views, 10, n_blocks=5) == 0
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_no_augment_workers_off_linux(images, monkeypatch, platform):
+    """Workers are forked; elsewhere the spawn start would import the caller's script again."""
+    views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
+    monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 1)
+    monkeypatch.setattr(embedding.sys, "platform", platform)
+    with torch_threads(4):
         assert augment_workers(images, views, 10, n_blocks=5) == 0
 
 
