@@ -157,8 +157,9 @@ def embed_views(
     workers = 0 if shared else augment_workers(images, transforms, hi - lo, len(starts))
     blocks = _BlockViews(images, starts, hi, batch_size, transforms, seed, extractor.input_size,
                          seeded)
-    views = blocks.parallel(workers, pin_memory=device.type == "cuda") if workers else \
-        blocks.serial(one_thread, pin_memory=device.type == "cuda")
+    pin = device.type == "cuda"
+    views = blocks.parallel(workers, pin_memory=pin) if workers else \
+        blocks.serial(one_thread, pin_memory=pin)
     # the workers take the cores: the forward passes get what is left, at least one thread
     threads = torch_threads(max(1, torch.get_num_threads() - workers)) if workers else \
         contextlib.nullcontext()
@@ -280,10 +281,14 @@ class _BlockViews(Dataset):
     def __getitem__(self, j):
         """In a worker process (one torch thread): the views of block ``j``."""
         start = self.starts[j]
-        block = self.images[start : min(start + self.batch_size, self.stop)]
+        block = self.images[self._rows(start)]
         # clone: a slice shares the storage of all images, which would be sent whole
         return [view.clone() if view is block else view
                 for view in self.augment(block, start, contextlib.nullcontext)]
+
+    def _rows(self, start):
+        """The images of the block that begins at ``start``."""
+        return slice(start, min(start + self.batch_size, self.stop))
 
     def augment(self, block, start, one_thread):
         """The views of ``block``, the images from ``start`` on."""
@@ -297,8 +302,7 @@ class _BlockViews(Dataset):
     def serial(self, one_thread, *, pin_memory):
         """Yield the views block by block, augmented in this process (each call to
         ``next`` seeds the global RNG: the caller forks it)."""
-        slices = (slice(s, min(s + self.batch_size, self.stop)) for s in self.starts)
-        blocks = image_batches(self.images, slices, pin_memory=pin_memory)
+        blocks = image_batches(self.images, map(self._rows, self.starts), pin_memory=pin_memory)
         try:
             for start, block in zip(self.starts, blocks):
                 yield self.augment(block, start, one_thread)

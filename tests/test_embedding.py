@@ -140,9 +140,14 @@ def test_worker_processes_augment_the_same_views(extractor, images, monkeypatch)
     assert torch.equal(out, serial)
 
 
+@pytest.fixture
+def views():
+    """One original and two augmented views of 16-px images."""
+    return [None, weak_transform((16, 16)), strong_transform((16, 16))]
+
+
 @LINUX_ONLY
-def test_augment_workers_rules(images, monkeypatch):
-    views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
+def test_augment_workers_rules(images, views, monkeypatch):
     monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 20)
     with torch_threads(4):
         assert augment_workers(images, views, 10, n_blocks=5) == 4
@@ -159,9 +164,8 @@ def test_augment_workers_rules(images, monkeypatch):
 
 
 @LINUX_ONLY
-def test_no_augment_workers_in_a_daemon_process(images, monkeypatch):
+def test_no_augment_workers_in_a_daemon_process(images, views, monkeypatch):
     """A multiprocessing.Pool worker (a daemon) may not start processes: it augments itself."""
-    views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
     monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 1)
     with torch_threads(4):
         assert augment_workers(images, views, 10, n_blocks=5) == 4
@@ -171,9 +175,8 @@ def test_no_augment_workers_in_a_daemon_process(images, monkeypatch):
 
 
 @pytest.mark.parametrize("platform", ["darwin", "win32"])
-def test_no_augment_workers_off_linux(images, monkeypatch, platform):
+def test_no_augment_workers_off_linux(images, views, monkeypatch, platform):
     """Workers are forked; elsewhere the spawn start would import the caller's script again."""
-    views = [None, weak_transform((16, 16)), strong_transform((16, 16))]
     monkeypatch.setattr(embedding, "MIN_PARALLEL_VIEWS", 1)
     monkeypatch.setattr(embedding.sys, "platform", platform)
     with torch_threads(4):
