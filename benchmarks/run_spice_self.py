@@ -101,7 +101,7 @@ def fit_time_ratio(x, y):
     """Fit a default resnet18 model and time its parts by wrapping the stages' calls."""
     log = {}
     stages = {"as_images": view_cache_module, "embed_views": view_cache_module,
-              "train_heads": spice_self_module, "head_selection_losses": spice_self_module}
+              "train_epochs": spice_self_module, "head_selection_losses": spice_self_module}
     originals = {n: getattr(module, n) for n, module in stages.items()}
     for n, fn in originals.items():
         setattr(stages[n], n, timed(n, fn, log))
@@ -140,7 +140,7 @@ def timing_table(r):
     ]
     names = {"as_images": "input coercion",
              "embed_views": "embedding all cached views once (incl. augmentation)",
-             "train_heads": "SPICE-Self head training",
+             "train_epochs": "SPICE-Self head training",
              "head_selection_losses": "label-free head selection (M = N)"}
     for key, label in names.items():
         lines.append(f"| {label} | {r['log'].get(key, 0):.1f} | {r['log'].get(key, 0) / total:.1%} |")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-__all__ = ["MultiHeadClassifier", "step_heads", "head_probabilities"]
+__all__ = ["MultiHeadClassifier", "step_heads", "train_epochs", "head_probabilities"]
 
 
 class MultiHeadClassifier(nn.Module):
@@ -93,6 +95,40 @@ def step_heads(optimizer, losses):
     losses.sum().backward()
     optimizer.step()
     return losses.detach()
+
+
+def train_epochs(epochs, n_epochs, *, desc, verbose=0):
+    """Run ``n_epochs`` more epochs of a head training.
+
+    Parameters
+    ----------
+    epochs : generator
+        A training that yields ``(heads, losses)`` after each epoch, ``losses`` the
+        mean loss of each head over the epoch, shape ``(H,)``
+        (:func:`~spice_learn.scan_heads.scan_head_epochs`,
+        :func:`~spice_learn.spice_self.spice_head_epochs`). Calling this again on the
+        same generator goes on where the last call stopped, exactly as one longer
+        call would.
+    n_epochs : int
+        At least 1.
+    desc : str
+        Label of the progress bar (shown when ``verbose > 0``).
+    verbose : int
+
+    Returns
+    -------
+    heads : MultiHeadClassifier
+        In eval mode (the next epoch puts them back in training mode).
+    history : ndarray of shape (n_epochs, H)
+    """
+    bar = tqdm(range(n_epochs), desc=desc, unit="epoch", disable=verbose <= 0)
+    heads, history = None, []
+    for _ in bar:
+        heads, losses = next(epochs)
+        history.append(losses)
+        if verbose > 0:
+            bar.set_postfix(loss=f"{losses.min():.4f}")
+    return heads.eval(), np.array(history, dtype=np.float64)
 
 
 @torch.no_grad()

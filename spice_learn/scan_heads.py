@@ -27,16 +27,14 @@ KMeans ignores.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .heads import MultiHeadClassifier, head_probabilities, step_heads
+from .heads import MultiHeadClassifier, head_probabilities, step_heads, train_epochs
 from .losses import entropy_regularised, neighbour_consistency
 
 __all__ = ["SCAN_NEIGHBORS", "SCAN_ENTROPY_WEIGHT", "SCAN_ENTROPY_WEIGHTS",
            "scan_neighbors", "default_scan_epochs", "default_scan_minibatch_size",
-           "train_scan_heads", "scan_selection_losses"]
+           "train_scan_heads", "scan_head_epochs", "scan_selection_losses"]
 
 #: Neighbours per sample (SCAN's CIFAR setting), capped below the average cluster size.
 SCAN_NEIGHBORS = 20
@@ -99,6 +97,19 @@ def train_scan_heads(
     history : ndarray of shape (max_epochs, n_heads)
         Mean training loss of each head per epoch.
     """
+    epochs = scan_head_epochs(cache, neighbors, n_clusters=n_clusters, n_heads=n_heads,
+                              hidden_dim=hidden_dim, minibatch_size=minibatch_size,
+                              learning_rate=learning_rate, entropy_weight=entropy_weight,
+                              seed=seed, device=device)
+    return train_epochs(epochs, max_epochs, desc="SCAN heads", verbose=verbose)
+
+
+def scan_head_epochs(cache, neighbors, *, n_clusters, n_heads, hidden_dim, minibatch_size,
+                     learning_rate, entropy_weight, seed, device):
+    """The training of :func:`train_scan_heads` as an endless generator: it yields
+    ``(heads, losses)`` after each epoch (the heads in training mode, ``losses`` the
+    epoch's mean loss of each head), so that a caller can pause a training and go on
+    with it later (:func:`~spice_learn.heads.train_epochs`)."""
     cache = cache.to(device)
     n, dim = cache.original.shape
     neighbors = torch.as_tensor(neighbors).to(device)
@@ -108,10 +119,8 @@ def train_scan_heads(
     optimizer = torch.optim.Adam(heads.parameters(), lr=learning_rate)
     size = min(minibatch_size, n)
     n_weak = cache.weak.shape[0]
-    history = np.zeros((max_epochs, n_heads))
-    bar = tqdm(range(max_epochs), desc="SCAN heads", unit="epoch", disable=verbose <= 0)
-    heads.train()
-    for epoch in bar:
+    while True:
+        heads.train()
         perm = torch.randperm(n, generator=gen).to(device)
         epoch_loss, n_steps = torch.zeros(n_heads, device=device), 0
         for start in range(0, n - size + 1, size):
@@ -125,10 +134,7 @@ def train_scan_heads(
                                        probs[:, :size], entropy_weight)
             epoch_loss += step_heads(optimizer, loss)
             n_steps += 1
-        history[epoch] = (epoch_loss / max(n_steps, 1)).cpu().numpy()
-        if verbose > 0:
-            bar.set_postfix(loss=f"{history[epoch].min():.4f}")
-    return heads.eval(), history
+        yield heads, (epoch_loss / max(n_steps, 1)).cpu().numpy()
 
 
 @torch.no_grad()

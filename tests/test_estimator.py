@@ -542,8 +542,8 @@ def test_bad_images_raise_and_leave_fitted_state(fitted_images, X_bad, error, ma
     assert_unchanged(est, snap)
 
 
-STAGES = {"train_heads": spice_self_module, "head_selection_losses": spice_self_module,
-          "train_scan_heads": spice_self_module, "scan_selection_losses": spice_self_module,
+STAGES = {"spice_head_epochs": spice_self_module, "head_selection_losses": spice_self_module,
+          "scan_head_epochs": spice_self_module, "train_epochs": spice_self_module, "scan_selection_losses": spice_self_module,
           "feature_cache": view_cache_module, "nearest_neighbors": view_cache_module,
           "train_semi_head": spice_semi_module}
 
@@ -552,7 +552,7 @@ STAGES = {"train_heads": spice_self_module, "head_selection_losses": spice_self_
 def test_late_failure_leaves_fitted_state(fitted_precomputed, monkeypatch, stage):
     fitted, X = fitted_precomputed
     est = copy.deepcopy(fitted)
-    if stage in ("train_heads", "head_selection_losses"):  # the "spice" objective's stages
+    if stage in ("spice_head_epochs", "head_selection_losses"):  # the "spice" objective's
         est.set_params(head_objective="spice")
     snap = snapshot(est)
 

@@ -3,11 +3,16 @@
 import numpy as np
 import torch
 
-from spice_learn.heads import MultiHeadClassifier
+from spice_learn.heads import MultiHeadClassifier, train_epochs
 from spice_learn.losses import neighbour_consistency
 from spice_learn.metrics import cluster_accuracy
 from spice_learn.neighbors import nearest_neighbors
-from spice_learn.scan_heads import default_scan_epochs, scan_selection_losses, train_scan_heads
+from spice_learn.scan_heads import (
+    default_scan_epochs,
+    scan_head_epochs,
+    scan_selection_losses,
+    train_scan_heads,
+)
 from test_spice_self import D, K, make_cache
 
 CPU = torch.device("cpu")
@@ -89,3 +94,23 @@ def test_default_scan_minibatch_size():
     assert default_scan_minibatch_size(100) == 16
     assert default_scan_minibatch_size(1797) == 224
     assert default_scan_minibatch_size(70_000) == 256
+
+
+def test_paused_training_goes_on_as_one_longer_training():
+    cache, _ = make_cache(seed=8)
+    neighbors = nearest_neighbors(cache.original, 5)
+    whole, whole_history = train(cache, neighbors, max_epochs=5)
+    params = dict(n_clusters=K, n_heads=4, hidden_dim=D, minibatch_size=64, learning_rate=1e-3,
+                  entropy_weight=5.0, seed=0, device=CPU)
+    epochs = scan_head_epochs(cache, neighbors, **params)
+    _, first = train_epochs(epochs, 2, desc="test")
+    # in between, the paused heads are used in eval mode, as fit_spice_self does
+    scan_selection_losses(train_epochs(epochs, 1, desc="test")[0], cache, neighbors,
+                          entropy_weight=5.0)
+    heads, rest = train_epochs(epochs, 2, desc="test")
+    assert not heads.training
+    for name in ("w1", "b1", "w2", "b2"):
+        assert torch.equal(getattr(heads, name), getattr(whole, name))
+    assert torch.equal(heads.norm.running_mean, whole.norm.running_mean)
+    np.testing.assert_array_equal(np.concatenate([first, whole_history[2:3], rest]),
+                                  whole_history)

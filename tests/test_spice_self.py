@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from spice_learn import SpiceClustering
+from spice_learn import spice_self as spice_self_module
 from spice_learn.embedding import ViewCache
+from spice_learn.heads import train_epochs
 from spice_learn.metrics import cluster_accuracy
-from spice_learn.neighbors import nearest_neighbors
+from spice_learn.neighbors import AGREEMENT_NEIGHBORS, nearest_neighbors, neighbour_agreement
 from spice_learn.scan_heads import SCAN_ENTROPY_WEIGHTS
 from spice_learn.spice_self import (
     HeadSettings,
@@ -19,7 +21,9 @@ from spice_learn.spice_self import (
     fit_spice_self,
     head_probabilities,
     head_selection_losses,
+    spice_head_epochs,
     train_heads,
+    weight_choice_epochs,
 )
 
 N, K, D = 400, 4, 16
@@ -128,6 +132,19 @@ def test_train_heads_is_deterministic():
         assert torch.equal(a, b), name
     h3, hist3 = train(cache, n_heads=2, max_epochs=3, seed=6, batch_size=60, minibatch_size=20)
     assert not np.array_equal(hist1, hist3)
+
+
+def test_paused_spice_training_goes_on_as_one_longer_training():
+    cache, _ = make_cache(1)
+    whole, whole_history = train(cache, n_heads=3, max_epochs=4)
+    epochs = spice_head_epochs(cache, n_clusters=K, n_heads=3, hidden_dim=D, batch_size=400,
+                               minibatch_size=64, learning_rate=5e-3, confidence_ratio=0.5,
+                               entropy_weight=0.0, seed=0, device=CPU)
+    _, first = train_epochs(epochs, 1, desc="test")
+    heads, rest = train_epochs(epochs, 3, desc="test")
+    for name in ("w1", "b1", "w2", "b2"):
+        assert torch.equal(getattr(heads, name), getattr(whole, name))
+    np.testing.assert_array_equal(np.concatenate([first, rest]), whole_history)
 
 
 def test_train_heads_accepts_float16_cache_and_entropy_term():
@@ -243,9 +260,11 @@ def make_imbalanced_cache(seed, sizes=(300, 60, 40), d=D):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_auto_entropy_weight_lets_imbalanced_clusters_keep_their_size(seed):
     cache, neighbors, y = make_imbalanced_cache(seed)
-    quick = HeadSettings(n_heads=4, max_epochs=20)
+    # the weight is chosen after 20 epochs: before that, the lower weights have not yet
+    # filled every cluster here
+    quick = HeadSettings(n_heads=4, max_epochs=60)
     auto = fit_spice_self(cache, neighbors, 3, quick, seed=seed, device=CPU)
-    scan = fit_spice_self(cache, neighbors, 3, HeadSettings(n_heads=4, max_epochs=20,
+    scan = fit_spice_self(cache, neighbors, 3, HeadSettings(n_heads=4, max_epochs=60,
                           entropy_weight=SCAN_ENTROPY_WEIGHTS[0]), seed=seed, device=CPU)
     assert set(auto.weight_scores) == set(SCAN_ENTROPY_WEIGHTS)
     assert auto.settings.entropy_weight < SCAN_ENTROPY_WEIGHTS[0]
@@ -268,6 +287,33 @@ def test_auto_entropy_weight_keeps_the_heads_of_the_best_agreeing_weight():
     np.testing.assert_array_equal(auto.self_labels, fixed.self_labels)
     np.testing.assert_array_equal(auto.losses, fixed.losses)
     assert any("entropy weight" in line for line in logged)
+
+
+def test_entropy_weight_is_chosen_early_and_only_its_heads_train_on(monkeypatch):
+    cache, neighbors, _ = make_imbalanced_cache(1, sizes=(200, 100, 100))
+    quick = HeadSettings(n_heads=3, max_epochs=9)
+    first = weight_choice_epochs(9)
+    assert first == 3
+    trained = {}  # entropy weight -> epochs trained
+    real = spice_self_module.scan_head_epochs
+
+    def counted(*args, entropy_weight, **kwargs):
+        for item in real(*args, entropy_weight=entropy_weight, **kwargs):
+            trained[entropy_weight] = trained.get(entropy_weight, 0) + 1
+            yield item
+
+    monkeypatch.setattr(spice_self_module, "scan_head_epochs", counted)
+    auto = fit_spice_self(cache, neighbors, 3, quick, seed=0, device=CPU)
+    chosen = auto.settings.entropy_weight
+    assert trained == {w: 9 if w == chosen else first for w in SCAN_ENTROPY_WEIGHTS}
+    assert auto.history.shape == (9, 3)
+    # the scores are those of each weight's clustering after the first epochs
+    for w in SCAN_ENTROPY_WEIGHTS:
+        early = fit_spice_self(cache, neighbors, 3, HeadSettings(n_heads=3, max_epochs=first,
+                               entropy_weight=w), seed=0, device=CPU)
+        graph = neighbors[:, :AGREEMENT_NEIGHBORS]
+        assert auto.weight_scores[w] == pytest.approx(
+            neighbour_agreement(early.self_labels, graph, graph.shape[1]))
 
 
 def test_spice_heads_do_not_search_entropy_weights():
