@@ -14,10 +14,12 @@ view of one of its ``n_neighbors`` nearest neighbours (cosine, original
 embeddings). After training, the head with the lowest loss over the whole data
 set (original embeddings, every neighbour) is kept, as SPICE keeps the head with
 the lowest DS-CE. With ``entropy_weight="auto"`` heads are trained at each weight
-of :data:`SCAN_ENTROPY_WEIGHTS`, and the weight whose kept head agrees best with
-the 10-nearest-neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`)
-wins, among the weights whose clustering fills the most clusters: a label-free
-choice between SCAN's balanced clusters and clusters of uneven sizes.
+of :data:`SCAN_ENTROPY_WEIGHTS` for a third of the epochs, and the weight whose kept
+head agrees best with the 10-nearest-neighbour graph
+(:func:`~spice_learn.neighbors.neighbour_agreement`) wins, among the weights whose
+clustering fills the most clusters: a label-free choice between SCAN's balanced
+clusters and clusters of uneven sizes. Only the winner's heads train on
+(:func:`~spice_learn.spice_self.fit_spice_self`).
 
 SCAN's own paper reports KMeans at about 66 % on its SimCLR
 features of CIFAR-10 and 82 % for this loss on the same features; the reason is
@@ -43,8 +45,9 @@ SCAN_NEIGHBORS = 20
 #: classes (selected head 0.919 ACC against 0.982 with a weight of 1, one seed).
 SCAN_ENTROPY_WEIGHT = 5.0
 #: The entropy weights ``entropy_weight="auto"`` tries with "scan" heads, SCAN's first.
-#: Heads are trained at each; the weight whose selected head agrees best with the
-#: neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`) is kept.
+#: Heads are trained at each for a third of the epochs; the weight whose selected head
+#: agrees best with the neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`)
+#: is kept and its heads train on.
 SCAN_ENTROPY_WEIGHTS = (SCAN_ENTROPY_WEIGHT, 2.0, 1.0)
 
 

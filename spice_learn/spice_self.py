@@ -150,7 +150,8 @@ class SpiceSelfResult:
         The resolved settings, with the chosen ``entropy_weight``.
     weight_scores : dict or None
         Candidate entropy weight to the :func:`~spice_learn.neighbors.neighbour_agreement`
-        of its selected head, when there were candidates to choose from.
+        of its selected head when the weight was chosen, when there were candidates
+        to choose from.
     """
 
     heads: MultiHeadClassifier
