@@ -121,6 +121,8 @@ def train_epochs(epochs, n_epochs, *, desc, verbose=0):
         In eval mode (the next epoch puts them back in training mode).
     history : ndarray of shape (n_epochs, H)
     """
+    if n_epochs < 1:
+        raise ValueError(f"train_epochs needs n_epochs >= 1, got {n_epochs}.")
     bar = tqdm(range(n_epochs), desc=desc, unit="epoch", disable=verbose <= 0)
     heads, history = None, []
     for _ in bar:

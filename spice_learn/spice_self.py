@@ -62,9 +62,6 @@ __all__ = [
 SELECTION_LOSS_NAMES = {"scan": "SCAN", "spice": "DS-CE"}
 #: ``max_epochs="auto"`` with ``head_objective="spice"`` (the paper's 100 epochs).
 SPICE_HEAD_EPOCHS = 100
-#: Fraction of the head epochs after which :func:`fit_spice_self` chooses among
-#: candidate entropy weights; only the chosen weight's heads train on.
-WEIGHT_CHOICE_FRACTION = 1 / 3
 #: ``learning_rate="auto"``: the official SPICE-Self value, and Adam's usual 1e-3 for SCAN heads.
 HEAD_LEARNING_RATES = {"spice": 5e-3, "scan": 1e-3}
 
@@ -207,11 +204,13 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     weights whose clustering uses the most clusters (all ``n_clusters`` unless no
     weight's does): merging clusters can only raise the agreement. Only the chosen
     weight's heads then train on to ``max_epochs``, so its heads, losses and
-    clustering are exactly those of a fit with that weight alone, at 5/9 of the
-    cost of training every weight to the end. Should its clustering then fill fewer
-    clusters than it did at the choice, every weight trains on to the end and the
-    choice is made again on the final clusterings (the full cost). ``weight_scores``
-    are the agreements the choice was made on.
+    clustering are exactly those of a fit with that weight alone, at about 5/9 of
+    the cost of training every weight to the end. Every weight trains on to the end,
+    and the choice is made on the final clusterings (the cost of before), when the
+    weights' clusterings fill different numbers of clusters at the choice (a lower
+    weight may still be filling its clusters), when the chosen weight's clustering
+    fills fewer clusters at the end than at the choice, and with fewer than 6
+    epochs. ``weight_scores`` are the agreements the choice was made on.
 
     Under torchrun every process trains the same heads; rank 0's heads, losses,
     labels and choice of weight are broadcast (GPUs need not agree to the last bit).
@@ -223,6 +222,7 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
                          f"entropy weights {s.entropy_weight}; got neighbors=None.")
     graph = None if s.objective != "scan" else neighbors[:, : scan_neighbors(n, n_clusters)]
     weights = s.entropy_weight if isinstance(s.entropy_weight, tuple) else (s.entropy_weight,)
+    cache = cache.to(device)  # once: the paused trainings share it
     each = [replace(s, entropy_weight=w) for w in weights]
     runs = [_head_epochs(cache, graph, n_clusters, e, seed=seed, device=device) for e in each]
     first = s.max_epochs if len(weights) == 1 else weight_choice_epochs(s.max_epochs)
@@ -235,17 +235,21 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
         pick, scores, filled = _choose_weight(fits, weights, graph_on_host)
         chosen_at = first
 
-        def go_on(i):  # weight i's heads from `first` to max_epochs
+        def go_on(i, earlier):  # weight i's heads from `first` to max_epochs
             fit = _train_and_select(runs[i], s.max_epochs - first, cache, graph, each[i],
                                     verbose=verbose)
-            return (fit[0], np.concatenate([fits[i][1], fit[1]]), *fit[2:])
+            return (fit[0], np.concatenate([earlier[1], fit[1]]), *fit[2:])
 
         if first < s.max_epochs:
-            fits[pick] = go_on(pick)
-            if len(np.unique(fits[pick][-1])) < filled:
-                # it emptied clusters on the way: every weight goes on, and the choice is
-                # made again on the final clusterings
-                fits = [fit if i == pick else go_on(i) for i, fit in enumerate(fits)]
+            # an early choice only when every weight fills as many clusters (a lower weight
+            # may still be filling its clusters)
+            settled = len({len(np.unique(fit[-1])) for fit in fits}) == 1
+            if settled:
+                fits[pick] = go_on(pick, fits[pick])
+            if not settled or len(np.unique(fits[pick][-1])) < filled:
+                # every weight goes on, and the choice is made on the final clusterings
+                fits = [fit if settled and i == pick else go_on(i, fit)
+                        for i, fit in enumerate(fits)]
                 pick, scores, _ = _choose_weight(fits, weights, graph_on_host)
                 chosen_at = s.max_epochs
     s = each[pick]
@@ -263,9 +267,11 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
 
 
 def weight_choice_epochs(max_epochs):
-    """Head epochs after which :func:`fit_spice_self` chooses among candidate entropy
-    weights: :data:`WEIGHT_CHOICE_FRACTION` of ``max_epochs``, at least 1."""
-    return max(1, int(max_epochs * WEIGHT_CHOICE_FRACTION))
+    """Head epochs after which :func:`fit_spice_self` may choose among candidate entropy
+    weights: a third of ``max_epochs`` (rounded down), or all of them when that is
+    under 2 (fewer than 6 epochs, as SCAN heads get from 30,000 samples on)."""
+    third = max_epochs // 3
+    return third if third >= 2 else max_epochs
 
 
 def _choose_weight(fits, weights, graph):

@@ -543,7 +543,8 @@ def test_bad_images_raise_and_leave_fitted_state(fitted_images, X_bad, error, ma
 
 
 STAGES = {"spice_head_epochs": spice_self_module, "head_selection_losses": spice_self_module,
-          "scan_head_epochs": spice_self_module, "train_epochs": spice_self_module, "scan_selection_losses": spice_self_module,
+          "scan_head_epochs": spice_self_module, "train_epochs": spice_self_module,
+          "scan_selection_losses": spice_self_module,
           "feature_cache": view_cache_module, "nearest_neighbors": view_cache_module,
           "train_semi_head": spice_semi_module}
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spice_learn.heads import MultiHeadClassifier
+from spice_learn.heads import MultiHeadClassifier, train_epochs
 
 H, D, HIDDEN, K = 4, 6, 5, 3
 
@@ -129,3 +129,11 @@ def test_heads_get_different_initial_weights():
     heads = _heads()
     assert not torch.equal(heads.w1[0], heads.w1[1])
     assert not torch.equal(heads.w2[0], heads.w2[1])
+
+
+def test_train_epochs_needs_at_least_one_epoch():
+    def epochs():
+        yield from ()
+
+    with pytest.raises(ValueError, match="n_epochs"):
+        train_epochs(epochs(), 0, desc="test")

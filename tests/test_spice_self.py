@@ -140,10 +140,12 @@ def test_paused_spice_training_goes_on_as_one_longer_training():
     epochs = spice_head_epochs(cache, n_clusters=K, n_heads=3, hidden_dim=D, batch_size=400,
                                minibatch_size=64, learning_rate=5e-3, confidence_ratio=0.5,
                                entropy_weight=0.0, seed=0, device=CPU)
-    _, first = train_epochs(epochs, 1, desc="test")
+    paused, first = train_epochs(epochs, 1, desc="test")
+    head_selection_losses(paused, cache, confidence_ratio=0.5)  # as fit_spice_self does
     heads, rest = train_epochs(epochs, 3, desc="test")
     for name in ("w1", "b1", "w2", "b2"):
         assert torch.equal(getattr(heads, name), getattr(whole, name))
+    assert torch.equal(heads.norm.running_var, whole.norm.running_var)
     np.testing.assert_array_equal(np.concatenate([first, rest]), whole_history)
 
 
@@ -260,11 +262,9 @@ def make_imbalanced_cache(seed, sizes=(300, 60, 40), d=D):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_auto_entropy_weight_lets_imbalanced_clusters_keep_their_size(seed):
     cache, neighbors, y = make_imbalanced_cache(seed)
-    # the weight is chosen after 20 epochs: before that, the lower weights have not yet
-    # filled every cluster here
-    quick = HeadSettings(n_heads=4, max_epochs=60)
+    quick = HeadSettings(n_heads=4, max_epochs=20)
     auto = fit_spice_self(cache, neighbors, 3, quick, seed=seed, device=CPU)
-    scan = fit_spice_self(cache, neighbors, 3, HeadSettings(n_heads=4, max_epochs=60,
+    scan = fit_spice_self(cache, neighbors, 3, HeadSettings(n_heads=4, max_epochs=20,
                           entropy_weight=SCAN_ENTROPY_WEIGHTS[0]), seed=seed, device=CPU)
     assert set(auto.weight_scores) == set(SCAN_ENTROPY_WEIGHTS)
     assert auto.settings.entropy_weight < SCAN_ENTROPY_WEIGHTS[0]
@@ -289,12 +289,9 @@ def test_auto_entropy_weight_keeps_the_heads_of_the_best_agreeing_weight():
     assert any("entropy weight" in line for line in logged)
 
 
-def test_entropy_weight_is_chosen_early_and_only_its_heads_train_on(monkeypatch):
-    cache, neighbors, _ = make_imbalanced_cache(1, sizes=(200, 100, 100))
-    quick = HeadSettings(n_heads=3, max_epochs=9)
-    first = weight_choice_epochs(9)
-    assert first == 3
-    trained = {}  # entropy weight -> epochs trained
+def count_epochs(monkeypatch):
+    """Count the SCAN head epochs each entropy weight trains: {weight: epochs}."""
+    trained = {}
     real = spice_self_module.scan_head_epochs
 
     def counted(*args, entropy_weight, **kwargs):
@@ -303,6 +300,18 @@ def test_entropy_weight_is_chosen_early_and_only_its_heads_train_on(monkeypatch)
             yield item
 
     monkeypatch.setattr(spice_self_module, "scan_head_epochs", counted)
+    return trained
+
+
+def test_weight_choice_epochs():
+    assert [weight_choice_epochs(e) for e in (1, 2, 5, 6, 9, 15, 83)] == [1, 2, 5, 2, 3, 5, 27]
+
+
+def test_entropy_weight_is_chosen_early_and_only_its_heads_train_on(monkeypatch):
+    cache, neighbors, _ = make_imbalanced_cache(1, sizes=(200, 100, 100))
+    quick = HeadSettings(n_heads=3, max_epochs=9)
+    first = weight_choice_epochs(9)
+    trained = count_epochs(monkeypatch)
     auto = fit_spice_self(cache, neighbors, 3, quick, seed=0, device=CPU)
     chosen = auto.settings.entropy_weight
     assert trained == {w: 9 if w == chosen else first for w in SCAN_ENTROPY_WEIGHTS}
@@ -314,6 +323,18 @@ def test_entropy_weight_is_chosen_early_and_only_its_heads_train_on(monkeypatch)
         graph = neighbors[:, :AGREEMENT_NEIGHBORS]
         assert auto.weight_scores[w] == pytest.approx(
             neighbour_agreement(early.self_labels, graph, graph.shape[1]))
+
+
+def test_every_weight_trains_on_while_they_fill_different_numbers_of_clusters(monkeypatch):
+    # after 6 of 20 epochs the lower weights have not yet filled the 3 clusters here
+    cache, neighbors, _ = make_imbalanced_cache(0)
+    trained = count_epochs(monkeypatch)
+    logged = []
+    auto = fit_spice_self(cache, neighbors, 3, HeadSettings(n_heads=4, max_epochs=20),
+                          seed=0, device=CPU, log=logged.append)
+    assert trained == {w: 20 for w in SCAN_ENTROPY_WEIGHTS}
+    assert auto.history.shape == (20, 4)
+    assert any("after 20 of 20 epochs" in line for line in logged)
 
 
 def test_spice_heads_do_not_search_entropy_weights():
