@@ -35,7 +35,6 @@ from .scan_heads import (
     scan_neighbors,
     scan_head_epochs,
     scan_selection_losses,
-    train_scan_heads,
 )
 
 __all__ = [
@@ -232,7 +231,7 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
     if len(fits) > 1:  # label-free: the clustering that best follows the neighbour graph
         graph_on_host = neighbors[:, :AGREEMENT_NEIGHBORS].cpu()  # all, when fewer
         n_agree = graph_on_host.shape[1]
-        pick, scores, filled = _choose_weight(fits, weights, graph_on_host)
+        pick, scores, n_used = _choose_weight(fits, weights, graph_on_host)
         chosen_at = first
 
         def go_on(i, earlier):  # weight i's heads from `first` to max_epochs
@@ -243,10 +242,10 @@ def fit_spice_self(cache, neighbors, n_clusters, settings, *, seed, device, verb
         if first < s.max_epochs:
             # an early choice only when every weight fills as many clusters (a lower weight
             # may still be filling its clusters)
-            settled = len({len(np.unique(fit[-1])) for fit in fits}) == 1
+            settled = n_used.min() == n_used.max()
             if settled:
                 fits[pick] = go_on(pick, fits[pick])
-            if not settled or len(np.unique(fits[pick][-1])) < filled:
+            if not settled or len(np.unique(fits[pick][-1])) < n_used.max():
                 # every weight goes on, and the choice is made on the final clusterings
                 fits = [fit if settled and i == pick else go_on(i, fit)
                         for i, fit in enumerate(fits)]
@@ -275,9 +274,9 @@ def weight_choice_epochs(max_epochs):
 
 
 def _choose_weight(fits, weights, graph):
-    """``(pick, scores, filled)``: the index of the weight whose clustering shares the
-    most pairs of ``graph`` among the weights whose clustering fills the most clusters
-    (``filled``), and each weight's share."""
+    """``(pick, scores, n_used)``: the index of the weight whose clustering shares the
+    most pairs of ``graph`` among the weights whose clustering fills the most clusters,
+    each weight's share, and the clusters each weight's clustering fills."""
     agreement = [neighbour_agreement(fit[-1], graph, graph.shape[1]) for fit in fits]
     scores = {float(w): a for w, a in zip(weights, agreement)}
     # Merging clusters only raises the agreement: only the weights whose clustering
@@ -286,7 +285,7 @@ def _choose_weight(fits, weights, graph):
     agreement = np.where(n_used == n_used.max(), agreement, -np.inf)
     pick = int(np.argmax(agreement))  # ties: the earlier (SCAN's own) weight
     pick, scores = distributed.broadcast_object((pick, scores))  # rank 0's graph decides
-    return pick, scores, int(n_used.max())
+    return pick, scores, n_used
 
 
 def _head_epochs(cache, graph, n_clusters, s, *, seed, device):
