@@ -37,7 +37,7 @@ from .disk_cache import atomic_path
 from .disk_cache import fingerprint as run_fingerprint
 from .image_stream import image_batches
 from .losses import nt_xent_loss
-from .runtime import autocast_dtype, compiled, halve_after_oom, isolated_rng
+from .runtime import autocast_dtype, compiled, draw_generator, halve_after_oom, isolated_rng
 
 __all__ = ["ProjectionHead", "pretrain_simclr", "simclr_speed"]
 
@@ -172,7 +172,8 @@ def _pretrain_simclr(
 ):
     module, head, optimizer = _training_parts(extractor, extractor.module, projection_dim,
                                               learning_rate, device)  # RNG: isolated_rng
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the epochs' orders
+    aug_gen = draw_generator(gen, device, seed, 1)  # the views (gen itself on the CPU)
     size = list(extractor.input_size)
     if augment is None:
         augment = contrastive_augment(size, flip=flip)
@@ -196,6 +197,8 @@ def _pretrain_simclr(
             head.load_state_dict(state["head"])
             optimizer.load_state_dict(state["optimizer"])
             gen.set_state(state["generator"])
+            if aug_gen is not gen and "augment_generator" in state:
+                aug_gen.set_state(state["augment_generator"])
             history, spent, batch = list(state["history"]), float(state["spent"]), state["batch"]
             _check_batch(batch, " (restored from the checkpoint)")
             del state
@@ -210,7 +213,7 @@ def _pretrain_simclr(
     with distributed.synced_batchnorm(SimCLRNet(module, head), device) as synced:
         net = compiled(distributed.wrap_ddp(synced, device), compile)
         _train_epochs(
-            net, optimizer, images, gen, augment, mean, std, amp, device, history, bar,
+            net, optimizer, images, gen, aug_gen, augment, mean, std, amp, device, history, bar,
             elapsed=elapsed, batch=batch, size=size, max_epochs=max_epochs, max_time=max_time,
             learning_rate=learning_rate, temperature=temperature, verbose=verbose,
             checkpoint=checkpoint if main else None,
@@ -218,6 +221,8 @@ def _pretrain_simclr(
                 "fingerprint": fingerprint, "module": module.state_dict(),
                 "head": head.state_dict(), "optimizer": optimizer.state_dict(),
                 "generator": gen.get_state(), "history": history,
+                # CUDA only (on the CPU gen draws the views too)
+                **({"augment_generator": aug_gen.get_state()} if aug_gen is not gen else {}),
                 "spent": time.perf_counter() - start,
             },
         )
@@ -243,8 +248,8 @@ def _load_checkpoint(path, fingerprint):
 
 
 def _train_epochs(
-    net, optimizer, images, gen, augment, mean, std, amp, device, history, bar, *, elapsed,
-    batch, size, max_epochs, max_time, learning_rate, temperature, verbose, checkpoint,
+    net, optimizer, images, gen, aug_gen, augment, mean, std, amp, device, history, bar, *,
+    elapsed, batch, size, max_epochs, max_time, learning_rate, temperature, verbose, checkpoint,
     checkpoint_state,
 ):
     """The epochs of :func:`pretrain_simclr` from ``len(history)`` on; appends to
@@ -273,7 +278,7 @@ def _train_epochs(
                 out_of_memory = False
                 try:  # forward and backward only: no parameter has changed yet when they fail
                     x = x.to(device, non_blocking=True).float().div_(255)
-                    views = _two_views(x, augment, gen, (lo, hi, n_idx), mean, std)
+                    views = _two_views(x, augment, aug_gen, (lo, hi, n_idx), mean, std)
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                         loss = contrastive_loss(net, views, temperature)
                     optimizer.zero_grad(set_to_none=True)

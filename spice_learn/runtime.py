@@ -19,7 +19,8 @@ import torch
 from . import distributed
 from .validation import resolve_device
 
-__all__ = ["usable_device", "torch_threads", "isolated_rng", "derived_seed", "autocast_dtype",
+__all__ = ["usable_device", "torch_threads", "isolated_rng", "derived_seed", "draw_generator",
+           "autocast_dtype",
            "native_bf16", "compiled", "halve_after_oom"]
 
 #: The first CUDA compute capability with bfloat16 arithmetic in hardware (Ampere).
@@ -84,6 +85,21 @@ def derived_seed(seed, key):
     """A seed for a stream of random numbers of its own, derived from ``seed`` and the
     int ``key`` (numpy's SeedSequence: seeds apart for every key); below 2**63."""
     return int(np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def draw_generator(gen, device, seed, key):
+    """The generator for the random draws inside training steps on ``device``.
+
+    On the CPU it is ``gen`` itself, so CPU results stay as they were. On CUDA it is
+    a generator on the device seeded with ``derived_seed(seed, key)``: numbers drawn
+    on the host must be copied to the GPU, and each copy of a pageable host tensor
+    waits for the GPU to finish its queue (one such wait per draw made the training
+    steps follow the CPU's pace).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return gen
+    return torch.Generator(device).manual_seed(derived_seed(seed, key))
 
 
 # --------------------------------------------------------------------------- mixed precision

@@ -33,6 +33,7 @@ import torch
 
 from .heads import MultiHeadClassifier, head_probabilities, step_heads, train_epochs
 from .losses import entropy_regularised, neighbour_consistency
+from .runtime import draw_generator
 
 __all__ = ["SCAN_NEIGHBORS", "SCAN_ENTROPY_WEIGHT", "SCAN_ENTROPY_WEIGHTS",
            "scan_neighbors", "default_scan_epochs", "default_scan_minibatch_size",
@@ -119,18 +120,20 @@ def scan_head_epochs(cache, neighbors, *, n_clusters, n_heads, hidden_dim, minib
     n_nb = neighbors.shape[1]
     gen = torch.Generator().manual_seed(seed)
     heads = MultiHeadClassifier(n_heads, dim, hidden_dim, n_clusters, generator=gen).to(device)
+    draws = draw_generator(gen, device, seed, 1)  # the steps' draws, on the device
     optimizer = torch.optim.Adam(heads.parameters(), lr=learning_rate)
     size = min(minibatch_size, n)
     n_weak = cache.weak.shape[0]
     while True:
         heads.train()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=draws, device=draws.device).to(device)
         epoch_loss, n_steps = torch.zeros(n_heads, device=device), 0
         for start in range(0, n - size + 1, size):
             idx = perm[start : start + size]
-            pick = torch.randint(n_nb, (size,), generator=gen).to(device)
+            pick = torch.randint(n_nb, (size,), generator=draws, device=draws.device).to(device)
             nb = neighbors[idx, pick]
-            views = torch.randint(n_weak, (2, size), generator=gen).to(device)
+            views = torch.randint(n_weak, (2, size), generator=draws,
+                                  device=draws.device).to(device)
             x = torch.cat([cache.weak[views[0], idx], cache.weak[views[1], nb]]).float()
             probs = heads(x).float().softmax(dim=2)  # one BatchNorm batch for both halves
             loss = entropy_regularised(neighbour_consistency(probs[:, :size], probs[:, size:]),

@@ -27,7 +27,7 @@ from .heads import MultiHeadClassifier, head_probabilities, step_heads, train_ep
 from .losses import double_softmax_cross_entropy, entropy_regularised
 from .neighbors import AGREEMENT_NEIGHBORS, neighbour_agreement
 from .pseudo_labels import assign_pseudo_labels, cluster_prototypes, n_confident
-from .runtime import autocast_dtype
+from .runtime import autocast_dtype, draw_generator
 from .scan_heads import (
     SCAN_ENTROPY_WEIGHTS,
     default_scan_epochs,
@@ -411,27 +411,31 @@ def spice_head_epochs(cache, *, n_clusters, n_heads, hidden_dim, batch_size, min
     n, dim = cache.original.shape
     gen = torch.Generator().manual_seed(seed)
     heads = MultiHeadClassifier(n_heads, dim, hidden_dim, n_clusters, generator=gen).to(device)
+    draws = draw_generator(gen, device, seed, 1)  # the steps' draws, on the device
     optimizer = torch.optim.Adam(heads.parameters(), lr=learning_rate, fused=True)
     m = min(batch_size, n)
     steps_per_batch = max(1, m // minibatch_size)
     # bfloat16 autocast where the hardware has it (no loss scaling needed).
     amp = autocast_dtype(device, bf16_only=True)
     while True:
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=draws, device=draws.device).to(device)
         epoch_loss, n_updates = torch.zeros(n_heads, device=device), 0
         for b in range(max(1, n // m)):
             idx = perm[b * m : (b + 1) * m]
-            weak_view = torch.randint(cache.weak.shape[0], (len(idx),), generator=gen).to(device)
+            weak_view = torch.randint(cache.weak.shape[0], (len(idx),), generator=draws,
+                                      device=draws.device).to(device)
             features = cache.original[idx].float()
             heads.eval()
             with torch.no_grad(), _autocast(device, amp):
                 probs = heads(cache.weak[weak_view, idx].float()).float().softmax(dim=2)
             picked, labels = assign_pseudo_labels(features, probs, confidence_ratio)
             heads.train()
-            order = torch.rand(picked.shape, generator=gen).to(device).argsort(dim=1)
+            order = torch.rand(picked.shape, generator=draws,
+                               device=draws.device).to(device).argsort(dim=1)
             picked = idx[picked.gather(1, order)]  # (H, L) indices into the data set
             labels = labels.gather(1, order)
-            views = torch.randint(cache.strong.shape[0], picked.shape, generator=gen).to(device)
+            views = torch.randint(cache.strong.shape[0], picked.shape, generator=draws,
+                                  device=draws.device).to(device)
             size = min(minibatch_size, picked.shape[1])
             for v in range(min(steps_per_batch, picked.shape[1] // size)):
                 cols = slice(v * size, (v + 1) * size)

@@ -48,7 +48,7 @@ from .neighbors import (
     neighbour_agreement,
     reliability_scores,
 )
-from .runtime import autocast_dtype, compiled, derived_seed, isolated_rng
+from .runtime import autocast_dtype, compiled, derived_seed, draw_generator, isolated_rng
 
 __all__ = ["SEMI_LEARNING_RATES", "SemiSettings", "SemiResult", "default_semi_learning_rate",
            "reliability_neighbors", "reliable_samples", "run_spice_semi", "train_semi_head",
@@ -147,23 +147,26 @@ class _BalancedSampler:
     features SPICE-Semi then empties clusters.
     """
 
-    def __init__(self, reliable_idx, labels):
+    def __init__(self, reliable_idx, labels, device="cpu"):
         cluster = torch.as_tensor(np.asarray(labels))[reliable_idx]
         order = torch.argsort(cluster, stable=True)
-        self.members = reliable_idx[order]  # reliable samples grouped by cluster
-        _, self.sizes = torch.unique_consecutive(cluster[order], return_counts=True)
-        self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
+        self.members = reliable_idx[order].to(device)  # reliable samples grouped by cluster
+        _, sizes = torch.unique_consecutive(cluster[order], return_counts=True)
+        self.sizes = sizes.to(device)
+        self.offsets = self.sizes.cumsum(0) - self.sizes
 
     def __call__(self, n_draws, gen):
-        which = torch.randint(len(self.sizes), (n_draws,), generator=gen)
+        """``n_draws`` indices, drawn with ``gen`` on its device (the sampler's)."""
+        which = torch.randint(len(self.sizes), (n_draws,), generator=gen, device=gen.device)
         size = self.sizes[which]
-        pos = (torch.rand(n_draws, generator=gen, dtype=torch.float64) * size).long()
+        pos = (torch.rand(n_draws, generator=gen, dtype=torch.float64, device=gen.device)
+               * size).long()
         return self.members[self.offsets[which] + torch.minimum(pos, size - 1)]
 
 
 def _draw(sampler, n, batch_size, mu, gen):
     labelled = sampler(batch_size, gen)
-    unlabelled = torch.randint(n, (mu * batch_size,), generator=gen)
+    unlabelled = torch.randint(n, (mu * batch_size,), generator=gen, device=gen.device)
     return labelled, unlabelled
 
 
@@ -213,24 +216,29 @@ def train_semi_head(
         Per step: supervised loss, unlabelled loss, share of unlabelled samples
         above the threshold.
     """
-    sampler = _BalancedSampler(_check_reliable(reliable), labels)
     cache = cache.to(device)
     n, dim = cache.original.shape
     gen = torch.Generator().manual_seed(seed)
     head = MultiHeadClassifier(1, dim, hidden_dim, n_clusters, generator=gen).to(device).train()
+    draws = draw_generator(gen, device, seed, 1)  # the steps' draws, on the device
+    sampler = _BalancedSampler(_check_reliable(reliable), labels, draws.device)
     optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, fused=True)
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     n_weak, n_strong = cache.weak.shape[0], cache.strong.shape[0]
     history, start = [], time.perf_counter()
+
+    def view(n_views, rows):  # a cached view of each of ``rows``
+        return torch.randint(n_views, rows.shape, generator=draws, device=draws.device)
+
     bar = tqdm(range(n_steps), desc="SPICE-Semi (head)", unit="step", disable=verbose <= 0)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(learning_rate, step, n_steps, start, max_time)
-        li, ui = _draw(sampler, n, batch_size, mu, gen)
+        li, ui = _draw(sampler, n, batch_size, mu, draws)
         x = torch.cat([
-            cache.weak[torch.randint(n_weak, li.shape, generator=gen), li],
-            cache.weak[torch.randint(n_weak, ui.shape, generator=gen), ui],
-            cache.strong[torch.randint(n_strong, ui.shape, generator=gen), ui],
+            cache.weak[view(n_weak, li), li],
+            cache.weak[view(n_weak, ui), ui],
+            cache.strong[view(n_strong, ui), ui],
         ]).to(device).float()
         logits = head(x)[0]
         history.append(_step(optimizer, logits, targets[li.to(device)], threshold))

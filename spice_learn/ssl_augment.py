@@ -14,6 +14,7 @@ once per image, use torchvision's transforms (:mod:`spice_learn.cache_augment`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -105,7 +106,8 @@ class BatchAugment:
         start, stop, total = rows if rows is not None else (0, images.shape[0], images.shape[0])
 
         def draw(sampler, *shape):
-            return sampler((total, *shape), generator=generator)[start:stop].to(device)
+            return sampler((total, *shape), generator=generator,
+                           device=generator.device)[start:stop].to(device)
 
         def uniform(lo, hi, *shape):
             return draw(torch.rand, *shape) * (hi - lo) + lo
@@ -180,20 +182,29 @@ class BatchAugment:
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
+@functools.lru_cache(maxsize=None)
+def _yiq_pair(device, dtype):
+    """``(YIQ^-1, YIQ)`` on ``device``: copied there once, not in every training step
+    (a copy from the host waits for the GPU's queue, and ``inv`` on CUDA checks its
+    result on the host)."""
+    return torch.linalg.inv(_YIQ).to(device, dtype), _YIQ.to(device, dtype)
+
+
 def _rotate_hue(x, angle):
     """Rotate the chroma of ``(B, 3, H, W)`` RGB images by ``angle`` (radians, ``(B,)``)."""
     cos, sin = angle.cos(), angle.sin()
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
                        torch.stack([zero, sin, cos], 1)], 1)  # (B, 3, 3) in YIQ
-    yiq = _YIQ.to(x.device, x.dtype)
-    mix = torch.linalg.inv(yiq) @ rot.to(x.dtype) @ yiq
+    yiq_inv, yiq = _yiq_pair(x.device, x.dtype)
+    mix = yiq_inv @ rot.to(x.dtype) @ yiq
     return torch.einsum("bij,bjhw->bihw", mix, x)
 
 
 def _luma(x):
     """ITU-R 601 gray level of ``(B, 3, H, W)`` images, shape ``(B, 1, H, W)``."""
-    return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    weights = _yiq_pair(x.device, x.dtype)[1][0]  # Y's row of YIQ
+    return (x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 def contrastive_augment(size, *, flip=True, colour=None, invariances=()):

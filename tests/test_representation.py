@@ -215,14 +215,16 @@ def test_fit_exposes_and_prints_the_plan(capsys):
 
 
 def test_fit_runs_the_epochs_its_budget_allows(monkeypatch):
+    # The CPU's rule (device="cpu": on CUDA the plan has no budget).
     X = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
     budget = cpu_pretrain_budget(40, False)
     monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(2 * 40 * 7.5 / budget))
-    model = SpiceClustering(2, n_heads=2, semi=None, random_state=0).fit(X)
+    model = SpiceClustering(2, n_heads=2, semi=None, device="cpu", random_state=0).fit(X)
     assert model.plan_["pretrain_epochs"] == 7 == len(model.pretrain_history_)
     assert model.plan_["pretrain_budget"] == pytest.approx(budget)
     assert model.plan_["pretrain_views_per_second"] == pytest.approx(2 * 40 * 7.5 / budget)
-    untimed = SpiceClustering(2, n_heads=2, semi=None, pretrain_time=None, random_state=0)
+    untimed = SpiceClustering(2, n_heads=2, semi=None, pretrain_time=None, device="cpu",
+                              random_state=0)
     untimed.fit(X)
     assert untimed.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)
     assert untimed.plan_["pretrain_budget"] is None
@@ -232,7 +234,7 @@ def test_checkpointed_fits_keep_the_rule_so_reruns_resume(monkeypatch, tmp_path)
     X = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
     fake = _FakeSpeed(1.0)  # would cut to the fewest epochs
     monkeypatch.setattr(representation, "simclr_speed", fake)
-    model = SpiceClustering(2, n_heads=2, semi=None, checkpoint_dir=tmp_path,
+    model = SpiceClustering(2, n_heads=2, semi=None, checkpoint_dir=tmp_path, device="cpu",
                             random_state=0).fit(X)
     assert fake.calls == [] and model.plan_["pretrain_budget"] is None
     assert model.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)

@@ -1,11 +1,15 @@
 """Tests of spice_learn.runtime: the device, thread, RNG, precision and OOM helpers."""
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
 from spice_learn.runtime import (
     autocast_dtype,
     derived_seed,
+    draw_generator,
     halve_after_oom,
     isolated_rng,
     native_bf16,
@@ -86,3 +90,85 @@ def test_halve_after_oom_warns_and_keeps_one():
         assert halve_after_oom(16, torch.device("cpu"), "a test") == 8
     with pytest.warns(RuntimeWarning):
         assert halve_after_oom(1, torch.device("cpu"), "a test") == 1
+
+
+def test_draw_generator_is_the_given_one_on_the_cpu():
+    gen = torch.Generator().manual_seed(3)
+    assert draw_generator(gen, "cpu", 3, 1) is gen
+    assert draw_generator(gen, torch.device("cpu"), 3, 1) is gen
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+def test_draw_generator_on_cuda_is_seeded_on_the_device():
+    a, b = (draw_generator(torch.Generator(), CUDA, 3, 1) for _ in range(2))
+    assert a.device.type == "cuda"
+    assert torch.equal(torch.rand(4, generator=a, device=a.device),
+                       torch.rand(4, generator=b, device=b.device))
+    c = draw_generator(torch.Generator(), CUDA, 3, 2)
+    assert not torch.equal(torch.rand(4, generator=c, device=c.device),
+                           torch.rand(4, generator=b, device=b.device))
+
+
+def _host_waits(fn):
+    """Number of synchronizing CUDA operations ``fn()`` makes."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def _trainings():
+    """``(name, run, steps)``: short head and pretraining runs on CUDA, ``run(r)`` a
+    run ``r`` times as long as ``run(1)``, which makes ``steps`` training steps
+    (imports here: the helpers live in the modules' tests)."""
+    from _images import pattern_images
+    from test_spice_self import make_cache
+
+    from spice_learn.backbones import build_backbone
+    from spice_learn.neighbors import nearest_neighbors
+    from spice_learn.pretrain import pretrain_simclr
+    from spice_learn.scan_heads import train_scan_heads
+    from spice_learn.spice_self import train_heads
+    from spice_learn.spice_semi import train_semi_head
+
+    cache, y = make_cache(n=1024)
+    nb = nearest_neighbors(cache.original, 5)
+    common = dict(n_clusters=4, hidden_dim=16, learning_rate=1e-3, seed=0, device=CUDA)
+    images = pattern_images(n=320)
+    return [
+        ("scan heads", lambda r: train_scan_heads(
+            cache, nb, n_heads=2, minibatch_size=64, max_epochs=2 * r, entropy_weight=5.0,
+            **common), 2 * (1024 // 64)),
+        ("spice heads", lambda r: train_heads(  # 3 draws a batch of 256 (8 updates)
+            cache, n_heads=2, batch_size=256, minibatch_size=32, max_epochs=2 * r,
+            confidence_ratio=0.5, entropy_weight=2.0, **common), 2 * 4),
+        ("semi head", lambda r: train_semi_head(
+            cache, y, np.ones(len(y), bool), n_steps=20 * r, batch_size=16, mu=3,
+            threshold=0.9, **common), 20),
+        ("pretraining", lambda r: pretrain_simclr(
+            build_backbone("spice_convnet4", None, (12, 12), seed=0), images,
+            max_epochs=2 * r, max_time=None, batch_size=32, learning_rate=1e-3,
+            temperature=0.5, projection_dim=16, flip=True, seed=0, device=CUDA),
+         2 * (320 // 32)),
+    ]
+
+
+@needs_cuda
+@pytest.mark.parametrize("which", range(4))
+def test_training_steps_do_not_wait_for_the_gpu(which):
+    # Random draws inside the steps are made on the device (draw_generator). A run
+    # three times as long may add a wait per epoch (the losses handed back), not a
+    # few per step as when numbers drawn on the host were copied over in every step.
+    # Set-up (models moved to the GPU) waits too, the same in both runs.
+    name, run, n_steps = _trainings()[which]
+    run(1)  # warm-up: first-call set-up (cuBLAS handles, allocator)
+    short, long = _host_waits(lambda: run(1)), _host_waits(lambda: run(3))
+    assert long - short < n_steps, (
+        f"{name}: {long - short} more host waits in {2 * n_steps} more steps")
