@@ -40,7 +40,8 @@ def nt_xent_loss(z1, z2, temperature):
     n = z1.shape[0]
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    # [n, ..., 2n-1, 0, ..., n-1], made on z's device (a copy from the host waits for the GPU)
+    targets = torch.arange(2 * n, device=z.device).roll(n)
     return F.cross_entropy(logits, targets)
 
 

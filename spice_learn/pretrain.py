@@ -37,7 +37,8 @@ from .disk_cache import atomic_path
 from .disk_cache import fingerprint as run_fingerprint
 from .image_stream import image_batches
 from .losses import nt_xent_loss
-from .runtime import autocast_dtype, compiled, draw_generator, halve_after_oom, isolated_rng
+from .runtime import (autocast_dtype, compiled, derived_seed, draw_generator, halve_after_oom,
+                      isolated_rng)
 
 __all__ = ["ProjectionHead", "pretrain_simclr", "simclr_speed"]
 
@@ -199,6 +200,8 @@ def _pretrain_simclr(
             gen.set_state(state["generator"])
             if aug_gen is not gen and "augment_generator" in state:
                 aug_gen.set_state(state["augment_generator"])
+            elif aug_gen is not gen:  # saved on the CPU: a stream of the resumed epochs' own
+                aug_gen.manual_seed(derived_seed(derived_seed(seed, 1), len(state["history"])))
             history, spent, batch = list(state["history"]), float(state["spent"]), state["batch"]
             _check_batch(batch, " (restored from the checkpoint)")
             del state

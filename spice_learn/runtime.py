@@ -84,7 +84,9 @@ def isolated_rng(device, seed):
 def derived_seed(seed, key):
     """A seed for a stream of random numbers of its own, derived from ``seed`` and the
     int ``key`` (numpy's SeedSequence: seeds apart for every key); below 2**63."""
-    return int(np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0] >> 1)
+    # SeedSequence takes no negative numbers; torch's manual_seed does (mod 2**64)
+    return int(np.random.SeedSequence([int(seed) % 2**64, key]).generate_state(1, np.uint64)[0]
+               >> 1)
 
 
 def draw_generator(gen, device, seed, key):
@@ -94,7 +96,8 @@ def draw_generator(gen, device, seed, key):
     a generator on the device seeded with ``derived_seed(seed, key)``: numbers drawn
     on the host must be copied to the GPU, and each copy of a pageable host tensor
     waits for the GPU to finish its queue (one such wait per draw made the training
-    steps follow the CPU's pace).
+    steps follow the CPU's pace). Processes of a torchrun job draw the same numbers
+    only on GPUs of one model (CUDA's random kernels size their grid by the GPU).
     """
     device = torch.device(device)
     if device.type == "cpu":

@@ -106,8 +106,8 @@ class BatchAugment:
         start, stop, total = rows if rows is not None else (0, images.shape[0], images.shape[0])
 
         def draw(sampler, *shape):
-            return sampler((total, *shape), generator=generator,
-                           device=generator.device)[start:stop].to(device)
+            on = None if generator is None else generator.device  # drawn where gen lives
+            return sampler((total, *shape), generator=generator, device=on)[start:stop].to(device)
 
         def uniform(lo, hi, *shape):
             return draw(torch.rand, *shape) * (hi - lo) + lo
@@ -184,10 +184,17 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 
 @functools.lru_cache(maxsize=None)
 def _yiq_pair(device, dtype):
-    """``(YIQ^-1, YIQ)`` on ``device``: copied there once, not in every training step
-    (a copy from the host waits for the GPU's queue, and ``inv`` on CUDA checks its
-    result on the host)."""
-    return torch.linalg.inv(_YIQ).to(device, dtype), _YIQ.to(device, dtype)
+    """``(YIQ^-1, YIQ)`` in ``dtype`` on ``device``: computed on the host and copied there
+    once, not in every training step (a copy from the host waits for the GPU's queue,
+    and ``inv`` on CUDA checks its result on the host)."""
+    yiq = _YIQ.to(dtype)
+    return torch.linalg.inv(yiq).to(device), yiq.to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _luma_weights(device, dtype):
+    """ITU-R 601 weights of R, G and B, shape ``(1, 3, 1, 1)``, on ``device`` (cached)."""
+    return torch.tensor([0.299, 0.587, 0.114], dtype=dtype).view(1, 3, 1, 1).to(device)
 
 
 def _rotate_hue(x, angle):
@@ -203,8 +210,7 @@ def _rotate_hue(x, angle):
 
 def _luma(x):
     """ITU-R 601 gray level of ``(B, 3, H, W)`` images, shape ``(B, 1, H, W)``."""
-    weights = _yiq_pair(x.device, x.dtype)[1][0]  # Y's row of YIQ
-    return (x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (x * _luma_weights(x.device, x.dtype)).sum(1, keepdim=True)
 
 
 def contrastive_augment(size, *, flip=True, colour=None, invariances=()):

@@ -83,6 +83,8 @@ def test_derived_seeds_differ_by_key_and_are_stable():
     seeds = [derived_seed(0, k) for k in range(5)]
     assert len(set(seeds)) == 5 and all(0 <= s < 2**63 for s in seeds)
     assert derived_seed(0, 3) == seeds[3]
+    # negative seeds (which torch.manual_seed takes) count modulo 2**64
+    assert derived_seed(-1, 3) == derived_seed(2**64 - 1, 3) != seeds[3]
 
 
 def test_halve_after_oom_warns_and_keeps_one():

@@ -137,3 +137,12 @@ def test_semi_strong_view_repeats_the_stage1_recipe():
 
     _, strong = semi_views((24, 24), flip=True, colour=True, invariances=("hue",))
     assert strong == contrastive_augment((24, 24), flip=True, colour=True, invariances=("hue",))
+
+
+def test_without_a_generator_draws_from_the_global_rng():
+    augment = contrastive_augment([12, 12], flip=True, colour=True)
+    x = torch.rand(4, 3, 12, 12)
+    torch.manual_seed(0)
+    a = augment(x, None)
+    torch.manual_seed(0)
+    assert torch.equal(a, augment(x, None)) and a.shape == (4, 3, 12, 12)
