@@ -131,12 +131,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         and keeps the weight whose clusters best follow the graph of up to 10
         nearest neighbours, among those that fill the most clusters (label-free;
         lower weights allow clusters of uneven sizes, see
-        :func:`spice_learn.neighbors.neighbour_agreement`) after a third of the
-        head epochs; only that weight's heads train on, so the heads take about 5/3
-        of the time of one weight (3 times when the weights fill different numbers
-        of clusters then, or with fewer than 6 head epochs: see
-        :func:`spice_learn.spice_self.fit_spice_self`). With "spice" heads 0 below
-        50 clusters and 1 from 50 on.
+        :func:`spice_learn.neighbors.neighbour_agreement`) at the end of their
+        training (see :func:`spice_learn.spice_self.fit_spice_self`), so the heads
+        take 3 times the time of one weight. With "spice" heads 0 below 50
+        clusters and 1 from 50 on.
     n_weak_views, n_strong_views : int or "auto", default="auto"
         Augmented views cached per image, each one backbone pass and ``D`` floats
         per image; "auto": 4 and 16 up to 5,000 samples, else 2 and 4
@@ -252,8 +250,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         The entropy weight of ``heads_`` (the chosen one with "auto").
     entropy_weight_scores_ : dict or None
         Candidate entropy weight to the neighbour agreement of its selected head's
-        clustering, the agreements the weight was chosen on (after a third of the
-        head epochs, as a rule; None when there was one weight).
+        clustering, the agreements the weight was chosen on (None when there was
+        one weight).
     best_head_ : int
         Index of the selected head, ``argmin(head_losses_)``.
     loss_history_ : ndarray of shape (max_epochs, n_heads)

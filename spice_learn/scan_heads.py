@@ -14,7 +14,7 @@ view of one of its ``n_neighbors`` nearest neighbours (cosine, original
 embeddings). After training, the head with the lowest loss over the whole data
 set (original embeddings, every neighbour) is kept, as SPICE keeps the head with
 the lowest DS-CE. With ``entropy_weight="auto"`` heads are trained at each weight
-of :data:`SCAN_ENTROPY_WEIGHTS` for a third of the epochs, and the weight whose kept
+of :data:`SCAN_ENTROPY_WEIGHTS`, and the weight whose kept
 head agrees best with the 10-nearest-neighbour graph
 (:func:`~spice_learn.neighbors.neighbour_agreement`) wins, among the weights whose
 clustering fills the most clusters: a label-free choice between SCAN's balanced
@@ -46,9 +46,8 @@ SCAN_NEIGHBORS = 20
 #: classes (selected head 0.919 ACC against 0.982 with a weight of 1, one seed).
 SCAN_ENTROPY_WEIGHT = 5.0
 #: The entropy weights ``entropy_weight="auto"`` tries with "scan" heads, SCAN's first.
-#: Heads are trained at each for a third of the epochs; the weight whose selected head
-#: agrees best with the neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`)
-#: is kept and its heads train on.
+#: Heads are trained at each; the weight whose selected head agrees best with the
+#: neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`) is kept.
 SCAN_ENTROPY_WEIGHTS = (SCAN_ENTROPY_WEIGHT, 2.0, 1.0)
 
 
