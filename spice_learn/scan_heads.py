@@ -14,12 +14,10 @@ view of one of its ``n_neighbors`` nearest neighbours (cosine, original
 embeddings). After training, the head with the lowest loss over the whole data
 set (original embeddings, every neighbour) is kept, as SPICE keeps the head with
 the lowest DS-CE. With ``entropy_weight="auto"`` heads are trained at each weight
-of :data:`SCAN_ENTROPY_WEIGHTS`, and the weight whose kept
-head agrees best with the 10-nearest-neighbour graph
-(:func:`~spice_learn.neighbors.neighbour_agreement`) wins, among the weights whose
-clustering fills the most clusters: a label-free choice between SCAN's balanced
-clusters and clusters of uneven sizes. Only the winner's heads train on
-(:func:`~spice_learn.spice_self.fit_spice_self`).
+of :data:`SCAN_ENTROPY_WEIGHTS`, and the weight whose kept head agrees best with
+the 10-nearest-neighbour graph (:func:`~spice_learn.neighbors.neighbour_agreement`)
+wins, among the weights whose clustering fills the most clusters: a label-free
+choice between SCAN's balanced clusters and clusters of uneven sizes.
 
 SCAN's own paper reports KMeans at about 66 % on its SimCLR
 features of CIFAR-10 and 82 % for this loss on the same features; the reason is
@@ -125,14 +123,14 @@ def scan_head_epochs(cache, neighbors, *, n_clusters, n_heads, hidden_dim, minib
     n_weak = cache.weak.shape[0]
     while True:
         heads.train()
-        perm = torch.randperm(n, generator=draws, device=draws.device).to(device)
+        perm = torch.randperm(n, generator=draws, device=device)
         epoch_loss, n_steps = torch.zeros(n_heads, device=device), 0
         for start in range(0, n - size + 1, size):
             idx = perm[start : start + size]
-            pick = torch.randint(n_nb, (size,), generator=draws, device=draws.device).to(device)
+            pick = torch.randint(n_nb, (size,), generator=draws, device=device)
             nb = neighbors[idx, pick]
             views = torch.randint(n_weak, (2, size), generator=draws,
-                                  device=draws.device).to(device)
+                                  device=device)
             x = torch.cat([cache.weak[views[0], idx], cache.weak[views[1], nb]]).float()
             probs = heads(x).float().softmax(dim=2)  # one BatchNorm batch for both halves
             loss = entropy_regularised(neighbour_consistency(probs[:, :size], probs[:, size:]),

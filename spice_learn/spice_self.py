@@ -145,8 +145,7 @@ class SpiceSelfResult:
         The resolved settings, with the chosen ``entropy_weight``.
     weight_scores : dict or None
         Candidate entropy weight to the :func:`~spice_learn.neighbors.neighbour_agreement`
-        of its selected head when the weight was chosen, when there were candidates
-        to choose from.
+        of its selected head, when there were candidates to choose from.
     """
 
     heads: MultiHeadClassifier
@@ -382,12 +381,12 @@ def spice_head_epochs(cache, *, n_clusters, n_heads, hidden_dim, batch_size, min
     # bfloat16 autocast where the hardware has it (no loss scaling needed).
     amp = autocast_dtype(device, bf16_only=True)
     while True:
-        perm = torch.randperm(n, generator=draws, device=draws.device).to(device)
+        perm = torch.randperm(n, generator=draws, device=device)
         epoch_loss, n_updates = torch.zeros(n_heads, device=device), 0
         for b in range(max(1, n // m)):
             idx = perm[b * m : (b + 1) * m]
             weak_view = torch.randint(cache.weak.shape[0], (len(idx),), generator=draws,
-                                      device=draws.device).to(device)
+                                      device=device)
             features = cache.original[idx].float()
             heads.eval()
             with torch.no_grad(), _autocast(device, amp):
@@ -395,11 +394,11 @@ def spice_head_epochs(cache, *, n_clusters, n_heads, hidden_dim, batch_size, min
             picked, labels = assign_pseudo_labels(features, probs, confidence_ratio)
             heads.train()
             order = torch.rand(picked.shape, generator=draws,
-                               device=draws.device).to(device).argsort(dim=1)
+                               device=device).argsort(dim=1)
             picked = idx[picked.gather(1, order)]  # (H, L) indices into the data set
             labels = labels.gather(1, order)
             views = torch.randint(cache.strong.shape[0], picked.shape, generator=draws,
-                                  device=draws.device).to(device)
+                                  device=device)
             size = min(minibatch_size, picked.shape[1])
             for v in range(min(steps_per_batch, picked.shape[1] // size)):
                 cols = slice(v * size, (v + 1) * size)

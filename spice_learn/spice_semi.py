@@ -221,14 +221,14 @@ def train_semi_head(
     gen = torch.Generator().manual_seed(seed)
     head = MultiHeadClassifier(1, dim, hidden_dim, n_clusters, generator=gen).to(device).train()
     draws = draw_generator(gen, device, seed, 1)  # the steps' draws, on the device
-    sampler = _BalancedSampler(_check_reliable(reliable), labels, draws.device)
+    sampler = _BalancedSampler(_check_reliable(reliable), labels, device)
     optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, fused=True)
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     n_weak, n_strong = cache.weak.shape[0], cache.strong.shape[0]
     history, start = [], time.perf_counter()
 
     def view(n_views, rows):  # a cached view of each of ``rows``
-        return torch.randint(n_views, rows.shape, generator=draws, device=draws.device)
+        return torch.randint(n_views, rows.shape, generator=draws, device=device)
 
     bar = tqdm(range(n_steps), desc="SPICE-Semi (head)", unit="step", disable=verbose <= 0)
     for step in bar:
