@@ -110,8 +110,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         SPICE): SCAN's neighbour consistency with 20 neighbours, plus an entropy
         term (:mod:`spice_learn.scan_heads`). The head with the lowest loss is
         kept; SPICE-Semi runs on either.
-    hidden_dim : int or None, default=None
-        Hidden width of each head; None uses the feature dimension ``D`` (paper).
+    hidden_dim : int, None or "auto", default="auto"
+        Hidden width of each head (SPICE-Self's and SPICE-Semi's "head"); None uses
+        the feature dimension ``D`` (paper); "auto": ``D``, at most 128 (half the
+        head time for 256-dimensional embeddings, and as accurate on the digits:
+        :data:`~spice_learn.heads.HIDDEN_DIM_CAP`).
     batch_size : int or "auto", default="auto"
         ``M``, samples per pseudo-labelling step ("spice" heads); "auto": the
         paper's 100 per cluster, 1000-5000.
@@ -312,7 +315,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         pretrain_epochs="auto", pretrain_time="auto", pretrain_batch_size="auto",
         pretrain_learning_rate="auto", temperature="auto", projection_dim=128, small_stem="auto",
         n_heads=10, head_objective="scan",
-        hidden_dim=None, batch_size="auto", minibatch_size="auto", max_epochs="auto",
+        hidden_dim="auto", batch_size="auto", minibatch_size="auto", max_epochs="auto",
         learning_rate="auto", confidence_ratio=0.5, entropy_weight="auto", n_weak_views="auto",
         n_strong_views="auto", flip="auto", invariances="auto", cache_dtype="auto",
         embed_batch_size=256, checkpoint_dir=None, cache_dir=None, n_jobs=None,

@@ -1,4 +1,4 @@
-"""Cluster heads: several ``D -> D -> k`` MLPs evaluated as one batched module."""
+"""Cluster heads: several ``D -> hidden -> k`` MLPs evaluated as one batched module."""
 
 from __future__ import annotations
 
@@ -9,7 +9,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["MultiHeadClassifier", "step_heads", "train_epochs", "head_probabilities"]
+__all__ = ["HIDDEN_DIM_CAP", "resolve_hidden_dim", "MultiHeadClassifier", "step_heads",
+           "train_epochs", "head_probabilities"]
+
+#: ``hidden_dim="auto"``: the feature dimension ``D``, at most this many units. On 1,797
+#: digits embedded in 256 dimensions by ``spice_convnet4`` (5 fixed SimCLR embeddings, 2
+#: head seeds each, SPICE-Self alone) 128 hidden units reached ACC 0.952 against 0.948 with
+#: ``D`` (better in 6 of the 10 pairs) in half the head time (about 21 s against 40 s for
+#: the three entropy weights on 2 cores).
+HIDDEN_DIM_CAP = 128
+
+
+def resolve_hidden_dim(hidden_dim, dim):
+    """The hidden width of a head on ``dim`` features: ``hidden_dim`` when it is an int,
+    ``dim`` for None (SPICE's ``D -> D -> k`` heads) and ``min(dim, HIDDEN_DIM_CAP)``
+    for "auto"."""
+    if hidden_dim is None:
+        return int(dim)
+    if isinstance(hidden_dim, str):  # "auto"
+        return int(min(dim, HIDDEN_DIM_CAP))
+    return int(hidden_dim)
 
 
 class MultiHeadClassifier(nn.Module):

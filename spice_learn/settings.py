@@ -64,7 +64,7 @@ PARAMETER_CONSTRAINTS = {
     "small_stem": [_AUTO, "boolean"],
     "n_heads": [_POSITIVE_INT],
     "head_objective": [StrOptions({"scan", "spice"})],
-    "hidden_dim": [None, _POSITIVE_INT],
+    "hidden_dim": [None, _POSITIVE_INT, _AUTO],
     "batch_size": [_POSITIVE_INT, _AUTO],  # at least n_clusters: checked in check_settings
     "minibatch_size": [Interval(Integral, 2, None, closed="left"), _AUTO],
     "max_epochs": [_POSITIVE_INT, _AUTO],

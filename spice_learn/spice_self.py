@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from . import distributed
-from .heads import MultiHeadClassifier, head_probabilities, step_heads, train_epochs
+from .heads import (MultiHeadClassifier, head_probabilities, resolve_hidden_dim, step_heads,
+                    train_epochs)
 from .losses import double_softmax_cross_entropy, entropy_regularised
 from .neighbors import AGREEMENT_NEIGHBORS, neighbour_agreement
 from .pseudo_labels import assign_pseudo_labels, cluster_prototypes, n_confident
@@ -89,7 +90,7 @@ class HeadSettings:
     """How SPICE-Self trains and selects its heads; None stands for "auto".
 
     ``objective`` ("scan" or "spice"), ``n_heads``, ``hidden_dim`` (None: the feature
-    dimension), ``batch_size`` (``M``, "spice" only), ``minibatch_size``,
+    dimension; "auto": :func:`~spice_learn.heads.resolve_hidden_dim`), ``batch_size`` (``M``, "spice" only), ``minibatch_size``,
     ``max_epochs``, ``learning_rate``, ``confidence_ratio`` (``r``) and
     ``entropy_weight``, as the :class:`~spice_learn.SpiceClustering` parameters.
     Resolved, ``entropy_weight`` is a float, or a tuple of candidate weights for
@@ -98,7 +99,7 @@ class HeadSettings:
 
     objective: str = "scan"
     n_heads: int = 10
-    hidden_dim: int | None = None
+    hidden_dim: int | str | None = "auto"
     batch_size: int | None = None
     minibatch_size: int | None = None
     max_epochs: int | None = None
@@ -112,7 +113,8 @@ class HeadSettings:
         scan, k, n = self.objective == "scan", n_clusters, n_samples
         return replace(
             self,
-            hidden_dim=self.hidden_dim or dim,
+            hidden_dim=(self.hidden_dim if dim is None
+                        else resolve_hidden_dim(self.hidden_dim, dim)),
             batch_size=self.batch_size or default_batch_size(k),
             minibatch_size=self.minibatch_size or (
                 default_scan_minibatch_size(n) if scan else default_minibatch_size(k)),

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .ssl_augment import semi_views
 from .embedding import embed_images
-from .heads import MultiHeadClassifier, head_probabilities
+from .heads import MultiHeadClassifier, head_probabilities, resolve_hidden_dim
 from .image_stream import image_batches
 from .losses import fixmatch_loss, semi_loss  # noqa: F401  (fixmatch_loss: re-exported)
 from .neighbors import (
@@ -418,7 +418,8 @@ class SemiSettings:
     resolved by :func:`reliability_neighbors`), ``reliability_threshold``
     (``tau_c``), ``threshold`` (``tau``), ``steps`` and ``rounds``, ``max_time`` per
     round, ``batch_size`` (``B``), ``mu``, ``learning_rate``, ``ema_decay``,
-    ``hidden_dim`` of the "head" classifier (None: the feature dimension), the
+    ``hidden_dim`` of the "head" classifier (as
+    :func:`~spice_learn.heads.resolve_hidden_dim` reads it), the
     embedding's ``embed_batch_size`` and ``compile`` ("finetune" embeds again), and
     ``check_agreement``: in the "head" mode, undo a round whose clustering fills as
     many clusters as the one it started from but agrees less with the neighbour
@@ -435,7 +436,7 @@ class SemiSettings:
     mu: int = 7
     learning_rate: float = 1e-3
     ema_decay: float = 0.999
-    hidden_dim: int | None = None
+    hidden_dim: int | str | None = "auto"
     embed_batch_size: int = 256
     compile: bool = False
     check_agreement: bool = True
@@ -596,7 +597,7 @@ def _refine(cache, classifier, labels, reliable, s, seed, device, extractor, ima
     if s.mode == "head":
         head, history = train_semi_head(
             cache, labels, reliable, n_clusters=classifier.n_clusters,
-            hidden_dim=s.hidden_dim or cache.original.shape[1], **common)
+            hidden_dim=resolve_hidden_dim(s.hidden_dim, cache.original.shape[1]), **common)
         return distributed.broadcast_module(head), history
     history = finetune(extractor, classifier, images, labels, reliable, ema_decay=s.ema_decay,
                        flip=flip, compile=s.compile, recipe=recipe, **common)

@@ -1094,3 +1094,12 @@ def test_bad_candidates_leave_the_model_unchanged(fitted_precomputed, value, err
         est.set_params(n_clusters=value).fit(X)
     est.set_params(n_clusters=N_CENTERS)
     assert_unchanged(est, snap)
+
+
+@pytest.mark.parametrize("hidden_dim, expected", [("auto", 128), (None, 160), (24, 24)])
+def test_heads_are_as_wide_as_hidden_dim_says(hidden_dim, expected):
+    # 160-dimensional features: "auto" caps the hidden layer at 128, None keeps D.
+    X, _ = make_blobs(300, n_features=160, centers=N_CENTERS, random_state=0)
+    model = fast_precomputed(hidden_dim=hidden_dim, semi_rounds=1).fit(X.astype(np.float32))
+    assert model.classifier_.hidden_dim == expected
+    assert model.classifier_.w1.shape[1:] == (160, expected)

@@ -137,3 +137,11 @@ def test_train_epochs_needs_at_least_one_epoch():
 
     with pytest.raises(ValueError, match="n_epochs"):
         train_epochs(epochs(), 0, desc="test")
+
+
+@pytest.mark.parametrize("hidden_dim, dim, expected", [
+    ("auto", 256, 128), ("auto", 64, 64), ("auto", 512, 128), (None, 256, 256), (32, 256, 32),
+])
+def test_hidden_width_rule(hidden_dim, dim, expected):
+    from spice_learn.heads import resolve_hidden_dim
+    assert resolve_hidden_dim(hidden_dim, dim) == expected
