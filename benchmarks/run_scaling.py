@@ -110,7 +110,7 @@ def default_settings(n, dim):
 
     params = SpiceClustering(N_CLUSTERS).get_params()
     resolved = resolve_settings(params, check_settings(params), n)
-    heads, views = resolved.heads.resolved(n, N_CLUSTERS), resolved.views
+    heads, views = resolved.heads.resolved(n, N_CLUSTERS, dim), resolved.views
     weight = heads.entropy_weight  # "auto": SCAN's candidates, each trained in turn
     n_weights = len(weight) if isinstance(weight, tuple) else 1
     weight = weight[0] if isinstance(weight, tuple) else weight  # time one epoch at the first
@@ -119,7 +119,7 @@ def default_settings(n, dim):
             "minibatch_size": resolved.heads.minibatch_size,
             "max_epochs": resolved.heads.max_epochs, "learning_rate": heads.learning_rate,
             "entropy_weight": weight, "n_entropy_weights": n_weights,
-            "pretrain_batch_size": None,
+            "hidden_dim": heads.hidden_dim, "pretrain_batch_size": None,
             "pretrain_epochs": None, "device": resolved.device,
             "cache_dtype": default_cache_dtype(views.cache_dtype, n, views.n_views, dim)}
 
@@ -206,7 +206,7 @@ def worker(stage, n, device, args):
         cache = feature_cache(features, s["n_weak_views"], s["n_strong_views"], seed=0)
         dtype = s["cache_dtype"]
         cache = ViewCache(cache.original.to(dtype), cache.weak.to(dtype), cache.strong.to(dtype))
-        common = dict(n_clusters=N_CLUSTERS, n_heads=s["n_heads"], hidden_dim=dim,
+        common = dict(n_clusters=N_CLUSTERS, n_heads=s["n_heads"], hidden_dim=s["hidden_dim"],
                       batch_size=s["batch_size"], minibatch_size=s["minibatch_size"],
                       max_epochs=1, learning_rate=s["learning_rate"],
                       confidence_ratio=s["confidence_ratio"],

@@ -45,6 +45,7 @@ from spice_learn.backbones import build_backbone  # noqa: E402
 from spice_learn.disk_cache import DiskArray  # noqa: E402
 from spice_learn.embedding import ViewCache, autocast_dtype, embed_images  # noqa: E402
 from spice_learn.pretrain import pretrain_simclr  # noqa: E402
+from spice_learn.heads import resolve_hidden_dim  # noqa: E402
 from spice_learn.spice_self import train_heads  # noqa: E402
 
 #: (model name, image size): what ``backbone="auto"`` picks for small and 32 px images.
@@ -119,7 +120,8 @@ def head_seconds(views, epochs, device, folder):
         cache = ViewCache(array[0], array[1:3], array[3:])
 
         def run(cache=cache):
-            train_heads(cache, n_clusters=10, n_heads=10, hidden_dim=views.shape[2],
+            train_heads(cache, n_clusters=10, n_heads=10,
+                        hidden_dim=resolve_hidden_dim("auto", views.shape[2]),
                         batch_size=1000, minibatch_size=128, max_epochs=epochs,
                         learning_rate=5e-3, confidence_ratio=0.5, entropy_weight=0.0,
                         seed=0, device=device)

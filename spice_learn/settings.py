@@ -118,6 +118,7 @@ _SPELLED = {
     "flip": (ValueError, "True, False or 'auto'", True),
     "invariances": (ValueError, f"'auto', None or a list of names among {INVARIANCES}", True),
     "cache_dtype": (ValueError, "'auto', 'float32' or 'float16'", True),
+    "hidden_dim": (ValueError, "None, a positive int or 'auto'", True),
     "semi": (ValueError, "None, 'head' or 'finetune'", True),
 }
 

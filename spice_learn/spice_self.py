@@ -87,14 +87,15 @@ def default_entropy_weight(objective, n_clusters):
 
 @dataclass(frozen=True)
 class HeadSettings:
-    """How SPICE-Self trains and selects its heads; None stands for "auto".
+    """How SPICE-Self trains and selects its heads; None stands for "auto", except in
+    ``hidden_dim``.
 
     ``objective`` ("scan" or "spice"), ``n_heads``, ``hidden_dim`` (None: the feature
-    dimension; "auto": :func:`~spice_learn.heads.resolve_hidden_dim`), ``batch_size`` (``M``, "spice" only), ``minibatch_size``,
-    ``max_epochs``, ``learning_rate``, ``confidence_ratio`` (``r``) and
-    ``entropy_weight``, as the :class:`~spice_learn.SpiceClustering` parameters.
-    Resolved, ``entropy_weight`` is a float, or a tuple of candidate weights for
-    :func:`fit_spice_self` to choose from.
+    dimension; "auto": :func:`~spice_learn.heads.resolve_hidden_dim`), ``batch_size``
+    (``M``, "spice" only), ``minibatch_size``, ``max_epochs``, ``learning_rate``,
+    ``confidence_ratio`` (``r``) and ``entropy_weight``, as the
+    :class:`~spice_learn.SpiceClustering` parameters. Resolved, ``entropy_weight`` is a
+    float, or a tuple of candidate weights for :func:`fit_spice_self` to choose from.
     """
 
     objective: str = "scan"

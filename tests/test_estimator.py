@@ -410,6 +410,7 @@ BAD_PARAMS = [
     ({"n_clusters": True}, TypeError, "n_clusters"),
     ({"n_heads": 0}, ValueError, "n_heads"),
     ({"hidden_dim": 0}, ValueError, "hidden_dim"),
+    ({"hidden_dim": "big"}, ValueError, "None, a positive int or .auto."),
     ({"max_epochs": 0}, ValueError, "max_epochs"),
     ({"max_epochs": 2.5}, TypeError, "max_epochs"),
     ({"learning_rate": 0}, ValueError, "learning_rate"),
