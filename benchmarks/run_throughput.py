@@ -44,8 +44,8 @@ from spice_learn import ImageStream, SpiceClustering  # noqa: E402
 from spice_learn.backbones import build_backbone  # noqa: E402
 from spice_learn.disk_cache import DiskArray  # noqa: E402
 from spice_learn.embedding import ViewCache, autocast_dtype, embed_images  # noqa: E402
-from spice_learn.pretrain import pretrain_simclr  # noqa: E402
 from spice_learn.heads import resolve_hidden_dim  # noqa: E402
+from spice_learn.pretrain import pretrain_simclr  # noqa: E402
 from spice_learn.spice_self import train_heads  # noqa: E402
 
 #: (model name, image size): what ``backbone="auto"`` picks for small and 32 px images.

@@ -113,8 +113,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     hidden_dim : int, None or "auto", default="auto"
         Hidden width of each head (SPICE-Self's and SPICE-Semi's "head"); None uses
         the feature dimension ``D`` (paper); "auto": ``D``, at most 128 (half the
-        head time for 256-dimensional embeddings, and as accurate on the digits:
-        :data:`~spice_learn.heads.HIDDEN_DIM_CAP`).
+        head time for 256-dimensional embeddings, with accuracy within the seeds'
+        spread on the development sets: :data:`~spice_learn.heads.HIDDEN_DIM_CAP`).
     batch_size : int or "auto", default="auto"
         ``M``, samples per pseudo-labelling step ("spice" heads); "auto": the
         paper's 100 per cluster, 1000-5000.

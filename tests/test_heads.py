@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spice_learn.heads import MultiHeadClassifier, train_epochs
+from spice_learn.heads import MultiHeadClassifier, resolve_hidden_dim, train_epochs
 
 H, D, HIDDEN, K = 4, 6, 5, 3
 
@@ -143,5 +143,4 @@ def test_train_epochs_needs_at_least_one_epoch():
     ("auto", 256, 128), ("auto", 64, 64), ("auto", 512, 128), (None, 256, 256), (32, 256, 32),
 ])
 def test_hidden_width_rule(hidden_dim, dim, expected):
-    from spice_learn.heads import resolve_hidden_dim
     assert resolve_hidden_dim(hidden_dim, dim) == expected
