@@ -7,9 +7,11 @@ the MoCo v2 of the paper:
 * it has no queue and no momentum encoder, so it works on data sets smaller than
   MoCo's 65,536-key queue (the SPICE issues report stale keys and collapse with
   queues larger than the data) and needs one network in memory, not two;
-* at the batch sizes a CPU can afford (256-512) it trains well: the lightly
-  benchmark on CIFAR-10 reaches about the same kNN accuracy with SimCLR and MoCo
-  at batch 512 (84.8 % vs 84.7 %, 200 epochs), and SimCLR was faster;
+* at the batch sizes a CPU can afford it trains well: the lightly benchmark on
+  CIFAR-10 reaches about the same kNN accuracy with SimCLR and MoCo at batch 512
+  (84.8 % vs 84.7 %, 200 epochs), and SimCLR was faster; on a CPU's budget of a
+  few dozen epochs, batches of 64-128 (more steps for the same time) did better
+  here still (:func:`~spice_learn.representation.default_simclr_settings`);
 * one forward/backward path keeps the code short and deterministic on the CPU.
 
 MoCo v2 can be added later as another ``pretrain`` method behind the same

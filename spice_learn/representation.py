@@ -117,7 +117,7 @@ class Stage1Plan:
     input_size: tuple
     colour: bool
     pretrain_epochs: int
-    batch_size: int = 256
+    batch_size: int = 64
     learning_rate: float = 1e-3
     temperature: float = 0.5
     invariances: tuple = ()
@@ -158,8 +158,16 @@ def cpu_pretrain_budget(n_samples, colour):
 def default_simclr_settings(colour):
     """``pretrain_batch_size``, ``pretrain_learning_rate`` and ``temperature`` for "auto".
 
-    Grayscale images: batch 256, AdamW 1e-3, temperature 0.5 (SimCLR's CIFAR
-    setting). Colour images: batch 128, 4e-3, temperature 0.2, chosen on random-colour
+    Grayscale images: batch 64, AdamW 1e-3, temperature 0.5 (SimCLR's CIFAR
+    temperature). On a CPU the cost of a view hardly depends on the batch, so a
+    smaller batch buys four times the optimiser steps of batch 256 for the same
+    epochs; at the few epochs a CPU budget allows that sharpened the embedding on all
+    three development sets (SimCLR alone, seeds 0 and 1, share of the 20 nearest
+    neighbours with the same class: digits 0.969 / 0.969 against 0.967 / 0.963 at 20
+    epochs, USPS 0.969 / 0.970 against 0.961 / 0.961 at 10, Fashion-MNIST subset
+    0.710 / 0.706 against 0.703 / 0.700 at 6), and whole digits fits at 20 epochs
+    reached ACC 0.985 / 0.951 / 0.952 / 0.948 / 0.946 (seeds 0-4) against
+    0.944 / 0.952 / 0.947 / 0.941 / 0.941. Colour images: batch 128, 4e-3, temperature 0.2, chosen on random-colour
     shapes, whose views must teach the network to ignore colour: that takes more
     steps, small batches give more steps per epoch, and a lower temperature sharpened
     their embedding (kNN accuracy 0.44 against 0.39 at 0.5). Photos, whose views keep
@@ -170,7 +178,7 @@ def default_simclr_settings(colour):
     """
     if colour:
         return {"batch_size": 128, "learning_rate": 4e-3, "temperature": 0.2}
-    return {"batch_size": 256, "learning_rate": 1e-3, "temperature": 0.5}
+    return {"batch_size": 64, "learning_rate": 1e-3, "temperature": 0.5}
 
 
 def resolve_backbone(backbone, image_size, device=None):

@@ -73,7 +73,7 @@ def test_plan_resolves_size_colour_and_settings():
                                pretrain_epochs=None, device=CPU)
     assert gray.backbone == "spice_convnet4" and not gray.colour
     assert gray.input_size == (GRAY_INPUT_SIZE, GRAY_INPUT_SIZE)
-    assert (gray.batch_size, gray.learning_rate, gray.temperature) == (256, 1e-3, 0.5)
+    assert (gray.batch_size, gray.learning_rate, gray.temperature) == (64, 1e-3, 0.5)
     colour = plan_representation("auto", colour_images(size=64), pretrain=True,
                                  pretrain_epochs=None, device=CPU)
     assert colour.colour and colour.input_size == (COLOUR_INPUT_SIZE, COLOUR_INPUT_SIZE)
@@ -143,7 +143,7 @@ def test_auto_time_fits_the_epochs_to_the_measured_speed(monkeypatch):
     assert slow.pretrain_epochs == 12 < default
     assert slow.time_budget == pytest.approx(budget)
     assert slow.views_per_second == pytest.approx(2 * n * 12.5 / budget)
-    assert calls == [((GRAY_INPUT_SIZE, GRAY_INPUT_SIZE), 256, n)]  # the plan's net and batch
+    assert calls == [((GRAY_INPUT_SIZE, GRAY_INPUT_SIZE), 64, n)]  # the plan's net and batch
     fast, _ = plan(1e9)
     assert fast.pretrain_epochs == default  # the budget never adds epochs
     crawl, _ = plan(1.0)
@@ -211,7 +211,7 @@ def test_fit_exposes_and_prints_the_plan(capsys):
     model = SpiceClustering(2, pretrain_epochs=1, n_heads=2, semi=None, temperature=0.3,
                             random_state=0).fit(gray)
     assert model.plan_["colour"] is False and model.plan_["temperature"] == 0.3
-    assert model.plan_["pretrain_batch_size"] == 256
+    assert model.plan_["pretrain_batch_size"] == 64
 
 
 def test_fit_runs_the_epochs_its_budget_allows(monkeypatch):
