@@ -94,8 +94,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     pretrain_learning_rate : float or "auto", default="auto"
         Peak AdamW learning rate of pretraining.
     temperature : float or "auto", default="auto"
-        NT-Xent temperature. "auto" for these three: batch 64, 1e-3 and 0.5 for
-        grayscale images, 128, 4e-3 and 0.2 for colour ones
+        NT-Xent temperature. "auto" for these three: batch 64 (256 on a GPU), 1e-3
+        and 0.5 for grayscale images, 128, 4e-3 and 0.2 for colour ones
         (:func:`spice_learn.representation.default_simclr_settings`).
     projection_dim : int, default=128
         Output size of the SimCLR projection head.

@@ -68,6 +68,13 @@ def test_colour_images_get_more_pretrain_epochs_on_the_cpu():
     assert default_pretrain_epochs(10_000, CUDA, colour=True) == 100
 
 
+def test_grayscale_simclr_batch_is_small_on_the_cpu_only():
+    assert default_simclr_settings(False, CPU)["batch_size"] == 64
+    assert default_simclr_settings(False)["batch_size"] == 64  # no device: a CPU
+    assert default_simclr_settings(False, CUDA)["batch_size"] == 256  # GPU defaults stay
+    assert default_simclr_settings(True, CPU) == default_simclr_settings(True, CUDA)
+
+
 def test_plan_resolves_size_colour_and_settings():
     gray = plan_representation("auto", gray_images(size=28), pretrain=True,
                                pretrain_epochs=None, device=CPU)
