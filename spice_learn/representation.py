@@ -117,9 +117,9 @@ class Stage1Plan:
     input_size: tuple
     colour: bool
     pretrain_epochs: int
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    temperature: float = 0.5
+    batch_size: int
+    learning_rate: float
+    temperature: float
     invariances: tuple = ()
     invariance_scores: dict = field(default_factory=dict)
     time_budget: float | None = None
@@ -159,8 +159,9 @@ def default_simclr_settings(colour, device=None):
     """``pretrain_batch_size``, ``pretrain_learning_rate`` and ``temperature`` for "auto".
 
     Grayscale images: AdamW 1e-3, temperature 0.5 (SimCLR's CIFAR temperature), batch
-    64 on a CPU and 256 on other devices (``device`` None counts as a CPU). On a CPU the
-    cost of a view hardly depends on the batch, so batch 64 buys up to four times the
+    256 on CUDA and 64 elsewhere (``device`` None included), the split of
+    :func:`default_pretrain_epochs`. On a CPU the cost of a view hardly depends on the
+    batch, so batch 64 buys up to four times the
     optimiser steps of batch 256 for the same epochs (on data sets of at least 256
     images; smaller ones had their batch clipped to ``N`` before); at the few epochs a
     CPU budget allows that sharpened the embedding on all three development sets
@@ -184,8 +185,8 @@ def default_simclr_settings(colour, device=None):
     """
     if colour:
         return {"batch_size": 128, "learning_rate": 4e-3, "temperature": 0.2}
-    on_cpu = device is None or torch.device(device).type == "cpu"
-    return {"batch_size": 64 if on_cpu else 256, "learning_rate": 1e-3, "temperature": 0.5}
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    return {"batch_size": 256 if on_cuda else 64, "learning_rate": 1e-3, "temperature": 0.5}
 
 
 def resolve_backbone(backbone, image_size, device=None):
