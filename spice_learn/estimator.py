@@ -95,8 +95,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         Peak AdamW learning rate of pretraining.
     temperature : float or "auto", default="auto"
         NT-Xent temperature. "auto" for these three: batch 64 (256 on a GPU), 1e-3
-        and 0.5 for grayscale images, 128, 4e-3 and 0.2 for colour ones
-        (:func:`spice_learn.representation.default_simclr_settings`).
+        and 0.5 for grayscale images, 64, 2e-3 and 0.2 for colour ones (128, 4e-3
+        and 0.2 on a GPU) (:func:`spice_learn.representation.default_simclr_settings`).
     projection_dim : int, default=128
         Output size of the SimCLR projection head.
     small_stem : {"auto", True, False}, default="auto"

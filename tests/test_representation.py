@@ -68,11 +68,15 @@ def test_colour_images_get_more_pretrain_epochs_on_the_cpu():
     assert default_pretrain_epochs(10_000, CUDA, colour=True) == 100
 
 
-def test_grayscale_simclr_batch_is_small_on_the_cpu_only():
+def test_simclr_batch_is_small_on_the_cpu_only():
     assert default_simclr_settings(False, CPU)["batch_size"] == 64
     assert default_simclr_settings(False)["batch_size"] == 64  # no device: a CPU
     assert default_simclr_settings(False, CUDA)["batch_size"] == 256  # GPU defaults stay
-    assert default_simclr_settings(True, CPU) == default_simclr_settings(True, CUDA)
+    cpu, gpu = default_simclr_settings(True, CPU), default_simclr_settings(True, CUDA)
+    assert (cpu["batch_size"], cpu["learning_rate"]) == (64, 2e-3)
+    assert default_simclr_settings(True) == cpu
+    assert (gpu["batch_size"], gpu["learning_rate"]) == (128, 4e-3)
+    assert cpu["temperature"] == gpu["temperature"] == 0.2
 
 
 def test_plan_resolves_size_colour_and_settings():
@@ -100,7 +104,7 @@ def test_plan_resolves_size_colour_and_settings():
     explicit = plan_representation("auto", colour_images(), pretrain=True, pretrain_epochs=7,
                                    device=CPU, batch_size=32, temperature=0.1)
     assert explicit.pretrain_epochs == 7 and explicit.batch_size == 32
-    assert explicit.temperature == 0.1 and explicit.learning_rate == 4e-3
+    assert explicit.temperature == 0.1 and explicit.learning_rate == 2e-3
     none = plan_representation("auto", gray_images(), pretrain=False, pretrain_epochs=None,
                                device=CPU)
     assert none.pretrain_epochs == 0
