@@ -377,13 +377,13 @@ def simclr_speed(extractor, images, *, batch_size, augment, device, steps=4, min
     2-core machine vary by 20 % or more: the mean of two steps after one warm-up
     step ranged over 619-1,153 views/s in three fits on the same idle machine, the
     median after two warm-up steps over 1,081-1,238 in six measurements (batch 256;
-    at batch 64 it read 1,006-1,354 in three fits and 1,354 where the fit then trained
-    at about 1,150). About 1-3 seconds for ``spice_convnet4`` at 16 px on 2 cores
-    without fast bfloat16; decoding is not timed (the first batch is read once), so
-    images decoded from files on every epoch train more slowly than measured. Under
-    torchrun rank 0 measures alone (processes sharing CPU cores would slow each other
-    down) and every process gets its number, so that all take the same decisions
-    from it.
+    at batch 64 it read 1,006-1,354 in three fits; beside 3 epochs of the real loop on
+    the digits it read 1,317 and 1,290 where the loop trained at 1,321 and 1,343).
+    About 1-3 seconds for ``spice_convnet4`` at 16 px on 2 cores without fast
+    bfloat16; decoding is not timed (the first batch is read once), so images decoded
+    from files on every epoch train more slowly than measured. Under torchrun rank 0
+    measures alone (processes sharing CPU cores would slow each other down) and every
+    process gets its number, so that all take the same decisions from it.
 
     Parameters
     ----------

@@ -189,7 +189,7 @@ def default_simclr_settings(colour, device=None):
     on digits and USPS (16 px, minutes on a CPU; USPS, 41 epochs: 0.978 against 0.921
     ACC after SPICE-Semi).
     """
-    on_cuda = device is not None and torch.device(device).type == "cuda"
+    on_cuda = _on_cuda(device)
     if colour:
         if on_cuda:
             return {"batch_size": 128, "learning_rate": 4e-3, "temperature": 0.2}
@@ -197,13 +197,17 @@ def default_simclr_settings(colour, device=None):
     return {"batch_size": 256 if on_cuda else 64, "learning_rate": 1e-3, "temperature": 0.5}
 
 
+def _on_cuda(device):
+    """Whether ``device`` is a CUDA device (None: the CPU), the split of the GPU defaults."""
+    return device is not None and torch.device(device).type == "cuda"
+
+
 def resolve_backbone(backbone, image_size, device=None):
     """``"auto"`` -> a model name for images of ``image_size`` on ``device``;
     anything else unchanged. On the CPU (or ``device=None``) ``"auto"`` is always
     the small conv net; on CUDA a ResNet-18 for images above 28 px."""
     if isinstance(backbone, str) and backbone == "auto":
-        on_gpu = device is not None and torch.device(device).type == "cuda"
-        if on_gpu and max(image_size) > SMALL_BACKBONE_MAX_SIZE:
+        if _on_cuda(device) and max(image_size) > SMALL_BACKBONE_MAX_SIZE:
             return DEFAULT_BACKBONE
         return SMALL_BACKBONE
     return backbone
