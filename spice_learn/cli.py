@@ -33,7 +33,7 @@ def _demo(args):
     print(f"Running {model!r} with its defaults: SimCLR pretraining of a small conv net "
           f"(epochs chosen for the data and the machine), then {model.n_heads} cluster heads "
           f"({model.head_objective!r} objective, label-free head selection), then SPICE-Semi "
-          f"({model.semi!r} mode, {model.semi_rounds} rounds of {model.semi_steps} steps).",
+          f"(mode and steps chosen for the data and the machine).",
           flush=True)
     rows = []
     start = time.perf_counter()
@@ -60,7 +60,9 @@ def _demo(args):
     loss = SELECTION_LOSS_NAMES[model.head_objective]
     print(f"\nThe heads' label-free {loss} loss picked head {model.best_head_} of "
           f"{model.n_heads} ({model.head_losses_[model.best_head_]:.4f}); "
-          f"{model.reliable_mask_.mean():.0%} of the images were reliable for SPICE-Semi.")
+          f"{model.reliable_mask_.mean():.0%} of the images were reliable for SPICE-Semi "
+          f"({model.plan_['semi']!r} mode, {model.plan_['semi_steps']} steps a round; "
+          f"{model.semi_rounds_} of {model.plan_['semi_rounds']} rounds kept).")
     return 0
 
 
@@ -236,8 +238,9 @@ def build_parser():
     cluster.add_argument("--pretrain-minutes", type=float, default=None,
                          help="wall-clock budget for pretraining in minutes (default: on a CPU, "
                               "the epochs that fit a budget set by the number of images)")
-    cluster.add_argument("--semi", choices=["head", "finetune", "none"], default="head",
-                         help="SPICE-Semi refinement (default: head)")
+    cluster.add_argument("--semi", choices=["auto", "head", "finetune", "none"], default="auto",
+                         help="SPICE-Semi refinement (default: auto, chosen for the data "
+                              "and the machine)")
     cluster.add_argument("--seed", type=int, default=0, help="random_state (default: 0)")
     _add_verbosity(cluster)
     cluster.set_defaults(func=_cluster)

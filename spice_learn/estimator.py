@@ -176,13 +176,17 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         Torch CPU threads in every method (-1: all cores; None: torch's setting);
         in ``fit`` on Linux also the worker processes that augment the cached views, one
         per thread when there are at least two (:func:`~spice_learn.embedding.augment_workers`).
-    semi : {"head", "finetune"} or None, default="head"
+    semi : {"auto", "head", "finetune"} or None, default="auto"
         SPICE-Semi (paper section 3.3): after SPICE-Self, samples whose
         neighbourhood agrees with their cluster become labelled data for a
-        FixMatch-style refinement. "head" trains a fresh classifier on the
-        cached view embeddings (seconds on a CPU); "finetune" trains backbone and
-        head end to end on augmented images (the paper's setting; meant for a
-        GPU); None keeps the SPICE-Self clustering.
+        FixMatch-style refinement. "finetune" trains backbone and head end to
+        end on augmented images (the paper's setting); "head" trains a fresh
+        classifier on the cached view embeddings (seconds on a CPU); None keeps
+        the SPICE-Self clustering. "auto": "finetune" when this fit pretrains
+        its backbone, on CUDA or on a CPU whose time budget
+        (``pretrain_time="auto"``) leaves it at least 200 steps (on 2 cores from
+        about 5,000 grayscale images); "head" otherwise
+        (:func:`spice_learn.spice_semi.default_semi_mode`).
     n_neighbors : int or "auto", default="auto"
         ``n_s``: neighbours (cosine, original embeddings) that vote on each
         sample's reliability, clipped to ``n_samples // n_clusters - 1``; "auto":
@@ -194,10 +198,13 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     semi_threshold : float, default=0.95
         ``tau``: unlabelled samples count only when their weak-view confidence
         reaches this.
-    semi_steps : int, default=1000
-        Gradient steps per SPICE-Semi round.
-    semi_rounds : int, default=2
-        SPICE-Semi rounds (the paper runs one); each further round takes the
+    semi_steps : int or "auto", default="auto"
+        Gradient steps per SPICE-Semi round. "auto": 1,000; for "finetune" under
+        the CPU time budget (``pretrain_time="auto"``), the steps that fit the
+        fifth of the budget stage 1 leaves to it (at least 200; ``plan_``).
+    semi_rounds : int or "auto", default="auto"
+        SPICE-Semi rounds ("auto": 1 for "finetune", as the paper; 2 for
+        "head"); each further round takes the
         reliable samples from the previous round's clusters and trains again.
         Rounds stop early when no sample is reliable or a round empties a
         cluster; with "head", a round is also undone (and the rounds end) when its
@@ -208,8 +215,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         Wall-clock budget of each SPICE-Semi round in seconds (None: no budget).
     semi_batch_size : int, default=64
         ``B``, reliable samples per step.
-    semi_mu : int, default=7
-        ``mu``, unlabelled samples per reliable sample in a step.
+    semi_mu : int or "auto", default="auto"
+        ``mu``, unlabelled samples per reliable sample in a step. "auto": 7
+        (FixMatch), 3 for "finetune" off CUDA (a step then costs half as much).
     semi_learning_rate : float or "auto", default="auto"
         "auto": 1e-3 (Adam) for "head", 0.03 (SGD, as FixMatch) for "finetune".
     ema_decay : float, default=0.999
@@ -295,7 +303,10 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         ``n_strong_views``, ``head_objective``, ``head_epochs``,
         ``pretrain_budget`` (seconds the epochs were fitted to with
         ``pretrain_time="auto"``, or None), ``pretrain_views_per_second`` (the speed
-        measured for it, or None) and ``estimated_seconds`` (stage 1 and the views on
+        measured for it, or None), ``finetune_steps`` (the SPICE-Semi "finetune"
+        steps the budget left time for, or None), ``semi``, ``semi_steps``,
+        ``semi_rounds`` and ``semi_mu`` (SPICE-Semi as run; ``semi`` None without
+        it) and ``estimated_seconds`` (stage 1 and the views on
         this CPU, from the measured speed, or else on 2 fast cores; None without a
         cost model).
 
@@ -319,9 +330,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         learning_rate="auto", confidence_ratio=0.5, entropy_weight="auto", n_weak_views="auto",
         n_strong_views="auto", flip="auto", invariances="auto", cache_dtype="auto",
         embed_batch_size=256, checkpoint_dir=None, cache_dir=None, n_jobs=None,
-        semi="head", n_neighbors="auto", reliability_threshold=0.95, semi_threshold=0.95,
-        semi_steps=1000, semi_rounds=2, semi_time=None, semi_batch_size=64, semi_mu=7,
-        semi_learning_rate="auto", ema_decay=0.999, device="auto", compile=False,
+        semi="auto", n_neighbors="auto", reliability_threshold=0.95, semi_threshold=0.95,
+        semi_steps="auto", semi_rounds="auto", semi_time=None, semi_batch_size=64,
+        semi_mu="auto", semi_learning_rate="auto", ema_decay=0.999, device="auto", compile=False,
         random_state=None, verbose=0,
     ):
         # Each parameter is stored unchanged under its own name (scikit-learn's rule).
@@ -359,6 +370,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             inputs, settings.stage1, build_seed=run.seeds.build,
             pretrain_seed=run.seeds.pretrain, device=run.device,
             n_views=settings.views.n_views, verbose=run.verbose, log=run.log)
+        if stage1 is not None:  # SPICE-Semi's "auto" values follow the plan
+            settings = resolve_settings(params, device, settings.n_samples, plan=stage1.plan)
         extractor = None if stage1 is None else stage1.extractor
         flip = None if stage1 is None else stage1.flip
         built = build_view_cache(extractor, inputs, settings.views, flip=flip,
@@ -371,7 +384,8 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             search = search_n_clusters(cache, neighbors, k, settings.heads, seed=run.seeds.heads,
                                        device=run.device, log=run.log)
             k, scores = search.best, search.scores_by_k()
-            settings = resolve_settings(params, device, settings.n_samples, n_clusters=k)
+            settings = resolve_settings(params, device, settings.n_samples, n_clusters=k,
+                                        plan=None if stage1 is None else stage1.plan)
         spice_self = fit_spice_self(cache, neighbors, k, settings.heads,
                                     seed=run.seeds.heads, device=run.device,
                                     verbose=run.verbose, log=run.log)

@@ -47,7 +47,7 @@ from .pretrain import pretrain_simclr, simclr_speed
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
            "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "PIXEL_COST_EXPONENT", "Stage1Plan",
-           "MIN_BUDGET_EPOCHS", "BUDGET_SLACK", "GRAY_BUDGET_CAP", "cpu_pretrain_budget",
+           "MIN_BUDGET_EPOCHS", "BUDGET_SLACK", "SEMI_BUDGET_SHARE", "MIN_FINETUNE_STEPS", "GRAY_BUDGET_CAP", "cpu_pretrain_budget",
            "resolve_backbone",
            "wants_pretraining", "resolve_flip", "is_colour", "default_pretrain_epochs",
            "default_simclr_settings", "plan_representation", "estimate_seconds",
@@ -81,6 +81,12 @@ GRAY_BUDGET_CAP = 1_500.0
 #: measured speed varies by 10-20 % from fit to fit, and a fast machine near its
 #: budget should keep the epochs its rows were measured with.
 BUDGET_SLACK = 0.8
+#: Share of the CPU budget (:func:`cpu_pretrain_budget`) that stage 1 leaves to
+#: SPICE-Semi's "finetune" mode when that share buys :data:`MIN_FINETUNE_STEPS` steps.
+SEMI_BUDGET_SHARE = 0.2
+#: The fewest "finetune" steps worth reserving time for: with fewer, the probes of
+#: docs/benchmarks.md ("Thirteenth session") gained nothing reliable over SPICE-Self.
+MIN_FINETUNE_STEPS = 200
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ class Stage1Plan:
     views_per_second : float or None
         Contrastive views per second measured before planning
         (:func:`~spice_learn.pretrain.simclr_speed`); None when not measured.
+    finetune_steps : int or None
+        SPICE-Semi "finetune" steps that the time left to it fits (a budget and a
+        ``finetune_step_views`` given, and at least :data:`MIN_FINETUNE_STEPS`);
+        None when no time was left to it.
     """
 
     backbone: str
@@ -124,6 +134,7 @@ class Stage1Plan:
     invariance_scores: dict = field(default_factory=dict)
     time_budget: float | None = None
     views_per_second: float | None = None
+    finetune_steps: int | None = None
 
 
 def cpu_pretrain_budget(n_samples, colour):
@@ -263,7 +274,8 @@ def default_pretrain_epochs(n_samples, device, colour=False):
 
 def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
                         batch_size=None, learning_rate=None, temperature=None,
-                        invariances=None, seed=0, pretrain_time=None, small_stem="auto"):
+                        invariances=None, seed=0, pretrain_time=None, small_stem="auto",
+                        finetune_step_views=None):
     """The :class:`Stage1Plan` for ``images`` on ``device``; None for
     ``pretrain_epochs``, the SimCLR settings and ``invariances`` means "auto": the
     invariances the images pass the label-free test of
@@ -278,7 +290,12 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
     ``budget * views_per_second / (2 N)``, at least :data:`MIN_BUDGET_EPOCHS`. The
     epochs are then fixed for the run, so a seed repeats its result as long as the
     measurement lands on the same whole number of epochs (``plan_["pretrain_epochs"]``
-    passed as ``pretrain_epochs`` repeats it exactly). Otherwise nothing is built."""
+    passed as ``pretrain_epochs`` repeats it exactly). Otherwise nothing is built.
+
+    ``finetune_step_views`` (images one SPICE-Semi "finetune" step trains on, or
+    None): on that budget path, when :data:`SEMI_BUDGET_SHARE` of the budget buys at
+    least :data:`MIN_FINETUNE_STEPS` such steps at the measured speed, stage 1 keeps
+    the rest of the budget and the plan's ``finetune_steps`` say how many fit."""
     image_size = tuple(int(s) for s in images.shape[-2:])
     colour = is_colour(images)
     if isinstance(backbone, FeatureExtractor):
@@ -300,7 +317,7 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
     if invariances is None:  # every process of a torchrun job takes rank 0's outcome
         test = distributed.broadcast_object(detect_invariances(images, colour=colour, seed=seed))
         invariances, scores = test.invariances, test.scores
-    budget = speed = None
+    budget = speed = finetune_steps = None
     if (pretrain and pretrain_epochs is None and isinstance(pretrain_time, str)
             and torch.device(device).type == "cpu" and isinstance(backbone, str)):
         budget = cpu_pretrain_budget(images.shape[0], colour)
@@ -310,12 +327,17 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
                                       invariances=tuple(invariances))
         speed = simclr_speed(probe, images, batch_size=settings["batch_size"],
                              augment=augment, device=torch.device(device))
+        if finetune_step_views:
+            steps = int(SEMI_BUDGET_SHARE * budget * speed / finetune_step_views)
+            if steps >= MIN_FINETUNE_STEPS:
+                finetune_steps, budget = steps, (1 - SEMI_BUDGET_SHARE) * budget
         fitting = int(budget * speed / (2 * max(images.shape[0], 1)))
         if fitting < BUDGET_SLACK * epochs:  # near the rule's epochs, the rule stands
             epochs = max(MIN_BUDGET_EPOCHS, fitting)
     return Stage1Plan(name, size, colour, epochs, **settings,
                       invariances=tuple(invariances), invariance_scores=scores,
-                      time_budget=budget, views_per_second=speed)
+                      time_budget=budget, views_per_second=speed,
+                      finetune_steps=finetune_steps)
 
 
 def _planned_time(pretrain_time, checkpoint_dir):
@@ -463,6 +485,9 @@ class Stage1Settings:
     compile: bool = False
     #: optional invariances of the contrastive views (None: tested on the images)
     invariances: tuple | None = None
+    #: images one SPICE-Semi "finetune" step trains on, when SPICE-Semi may finetune
+    #: (the CPU budget then leaves it a share, :func:`plan_representation`); else None
+    finetune_step_views: int | None = None
 
 
 @dataclass(frozen=True)
@@ -497,7 +522,8 @@ def plan_summary(plan, extractor):
             "temperature": plan.temperature, "invariances": plan.invariances,
             "invariance_scores": dict(plan.invariance_scores),
             "pretrain_budget": plan.time_budget,
-            "pretrain_views_per_second": plan.views_per_second}
+            "pretrain_views_per_second": plan.views_per_second,
+            "finetune_steps": plan.finetune_steps}
 
 
 def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, verbose=0,
@@ -526,7 +552,8 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
                                learning_rate=s.learning_rate, temperature=s.temperature,
                                invariances=s.invariances, seed=build_seed,
                                pretrain_time=_planned_time(s.max_time, s.checkpoint_dir),
-                               small_stem=s.small_stem)
+                               small_stem=s.small_stem,
+                               finetune_step_views=s.finetune_step_views)
     estimate = estimate_seconds(plan, images.shape[0], n_views)
     log = log or (lambda message: None)
     size = "its own input size" if plan.input_size is None else \
@@ -539,7 +566,9 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
         f"{n_views} cached views per image"
         + ("" if plan.time_budget is None else
            f" (held to a budget of {plan.time_budget / 60:.1f} min at the "
-           f"{plan.views_per_second:.0f} views/s measured here)")
+           f"{plan.views_per_second:.0f} views/s measured here"
+           + ("" if plan.finetune_steps is None else
+              f"; {plan.finetune_steps} SPICE-Semi finetune steps fit the time left") + ")")
         + ("" if estimate is None or device.type != "cpu" else
            f"; stage 1 and the views take about {estimate / 60:.1f} min"
            + ("" if plan.views_per_second is not None else " on 2 fast CPU cores")))

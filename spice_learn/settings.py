@@ -31,12 +31,21 @@ from . import distributed
 from .backbones import FeatureExtractor, check_model_name
 from .cluster_count import check_n_clusters
 from .neighbors import AGREEMENT_NEIGHBORS
-from .representation import Stage1Settings, wants_pretraining
+from .representation import MIN_FINETUNE_STEPS, Stage1Settings, wants_pretraining
 from .runtime import torch_threads, usable_device
 from .scan_heads import scan_neighbors
 from .spice_self import HeadSettings
 from .ssl_augment import INVARIANCES, check_invariances
-from .spice_semi import SemiSettings, default_semi_learning_rate, reliability_neighbors
+from .spice_semi import (
+    CPU_FINETUNE_MU,
+    DEFAULT_SEMI_STEPS,
+    SemiSettings,
+    default_semi_learning_rate,
+    default_semi_mode,
+    default_semi_mu,
+    default_semi_rounds,
+    reliability_neighbors,
+)
 from .validation import check_int, check_n_jobs, check_real, check_writable_dir, resolve_device
 from .view_cache import ViewSettings, default_n_views
 
@@ -80,15 +89,15 @@ PARAMETER_CONSTRAINTS = {
     "checkpoint_dir": _PATH,
     "cache_dir": _PATH,
     "n_jobs": [None, Interval(Integral, -1, None, closed="left")],  # 0: check_n_jobs
-    "semi": [None, StrOptions({"head", "finetune"})],
+    "semi": [None, StrOptions({"auto", "head", "finetune"})],
     "n_neighbors": [_POSITIVE_INT, _AUTO],
     "reliability_threshold": [Interval(Real, 0.0, 1.0, closed="both")],
     "semi_threshold": [Interval(Real, 0.0, 1.0, closed="both")],
-    "semi_steps": [_POSITIVE_INT],
-    "semi_rounds": [_POSITIVE_INT],
+    "semi_steps": [_POSITIVE_INT, _AUTO],
+    "semi_rounds": [_POSITIVE_INT, _AUTO],
     "semi_time": [None, _POSITIVE_REAL],
     "semi_batch_size": [_POSITIVE_INT],
-    "semi_mu": [_POSITIVE_INT],
+    "semi_mu": [_POSITIVE_INT, _AUTO],
     "semi_learning_rate": [_POSITIVE_REAL, _AUTO],
     "ema_decay": [Interval(Real, 0.0, 1.0, closed="left")],
     "device": "no_validation",  # resolve_device names the accepted devices
@@ -119,7 +128,7 @@ _SPELLED = {
     "invariances": (ValueError, f"'auto', None or a list of names among {INVARIANCES}", True),
     "cache_dtype": (ValueError, "'auto', 'float32' or 'float16'", True),
     "hidden_dim": (ValueError, "None, a positive int or 'auto'", True),
-    "semi": (ValueError, "None, 'head' or 'finetune'", True),
+    "semi": (ValueError, "None, 'auto', 'head' or 'finetune'", True),
 }
 
 
@@ -221,7 +230,17 @@ def stage1_settings(params):
         temperature=_auto(get("temperature", "auto")), projection_dim=get("projection_dim", 128),
         small_stem=params["small_stem"], flip=params["flip"],
         invariances=_invariances(get("invariances", "auto")),
-        checkpoint_dir=get("checkpoint_dir"), compile=bool(params["compile"]))
+        checkpoint_dir=get("checkpoint_dir"), compile=bool(params["compile"]),
+        finetune_step_views=_finetune_step_views(params))
+
+
+def _finetune_step_views(params):
+    """Images one SPICE-Semi "finetune" step trains on (``B (1 + 2 mu)``, with the CPU's
+    ``mu``: only a CPU budget uses it), when ``semi`` may finetune; else None."""
+    if params.get("semi") not in ("auto", "finetune"):
+        return None
+    mu = _auto(params.get("semi_mu", "auto")) or CPU_FINETUNE_MU
+    return params.get("semi_batch_size", 64) * (1 + 2 * mu)
 
 
 def _invariances(value):
@@ -273,13 +292,15 @@ def _check_world_size(params, stage1):
     """Under torchrun every global batch is shared out, at least one sample a process."""
     world = distributed.world_size()
     for used, name in ((stage1.pretrain and stage1.batch_size is not None, "pretrain_batch_size"),
-                       (params["semi"] == "finetune", "semi_batch_size")):
+                       (params["semi"] == "finetune" or (params["semi"] == "auto"
+                                                          and stage1.pretrain),
+                        "semi_batch_size")):
         if used and params[name] < world:
             raise ValueError(f"{name} must be at least the number of processes ({world}) "
                              f"under torchrun; got {params[name]}.")
 
 
-def resolve_settings(params, device, n_samples, n_clusters=None):
+def resolve_settings(params, device, n_samples, n_clusters=None, plan=None):
     """The frozen :class:`Settings` of checked ``params`` for ``n_samples`` samples.
 
     ``n_clusters`` (default: the parameter) is resolved by
@@ -291,6 +312,9 @@ def resolve_settings(params, device, n_samples, n_clusters=None):
     here (views, the reliability neighbours); those that depend on the number of
     clusters too are resolved by :meth:`~spice_learn.spice_self.HeadSettings.resolved`,
     so that one :class:`Settings` serves several ``n_clusters``.
+    SPICE-Semi's "auto" values follow stage 1's ``plan``
+    (:class:`~spice_learn.representation.Stage1Plan`; None before stage 1 and for
+    precomputed features), so a fit resolves its settings again once the plan is made.
     """
     p = params
     if n_samples < 2:
@@ -311,18 +335,36 @@ def resolve_settings(params, device, n_samples, n_clusters=None):
         max_epochs=_auto(p["max_epochs"]), learning_rate=_auto(p["learning_rate"]),
         confidence_ratio=float(p["confidence_ratio"]),
         entropy_weight=_auto(p["entropy_weight"]))
-    semi = None if p["semi"] is None else SemiSettings(
-        mode=p["semi"], n_neighbors=reliability_neighbors(_auto(p["n_neighbors"]), n_samples, k),
+    mode = p["semi"]
+    if mode == "auto":
+        mode = default_semi_mode(plan is not None and plan.pretrain_epochs > 0,
+                                 torch.device(device).type == "cuda" or (
+                                     plan is not None and plan.finetune_steps is not None))
+    semi = None if mode is None else SemiSettings(
+        mode=mode, n_neighbors=reliability_neighbors(_auto(p["n_neighbors"]), n_samples, k),
         reliability_threshold=float(p["reliability_threshold"]),
-        threshold=float(p["semi_threshold"]), steps=p["semi_steps"], rounds=p["semi_rounds"],
-        max_time=p["semi_time"], batch_size=p["semi_batch_size"], mu=p["semi_mu"],
-        learning_rate=_auto(p["semi_learning_rate"]) or default_semi_learning_rate(p["semi"]),
+        threshold=float(p["semi_threshold"]), steps=_semi_steps(p, mode, plan),
+        rounds=_auto(p["semi_rounds"]) or default_semi_rounds(mode),
+        max_time=p["semi_time"], batch_size=p["semi_batch_size"],
+        mu=_auto(p["semi_mu"]) or default_semi_mu(mode, device),
+        learning_rate=_auto(p["semi_learning_rate"]) or default_semi_learning_rate(mode),
         ema_decay=float(p["ema_decay"]), hidden_dim=hidden,
         embed_batch_size=p["embed_batch_size"], compile=bool(p["compile"]))
     return Settings(stage1=stage1_settings(p), views=views, heads=heads, semi=semi,
                     device=device, precomputed=p["backbone"] == "precomputed",
                     n_jobs=check_n_jobs(p["n_jobs"]), n_samples=n_samples,
                     n_clusters=candidates)
+
+
+def _semi_steps(params, mode, plan):
+    """``semi_steps``: the given value; for "finetune" on a CPU budget the steps the
+    plan left time for (at least :data:`~spice_learn.representation.MIN_FINETUNE_STEPS`);
+    else :data:`~spice_learn.spice_semi.DEFAULT_SEMI_STEPS`."""
+    steps = _auto(params["semi_steps"])
+    if steps is None and mode == "finetune" and plan is not None and (
+            plan.time_budget is not None):
+        steps = plan.finetune_steps or MIN_FINETUNE_STEPS
+    return steps or DEFAULT_SEMI_STEPS
 
 
 def fitted_plan(settings, stage1, head_epochs):
@@ -339,10 +381,13 @@ def fitted_plan(settings, stage1, head_epochs):
         "backbone": None, "input_size": None, "colour": None, "pretrain_epochs": 0,
         "pretrain_batch_size": None, "pretrain_learning_rate": None, "temperature": None,
         "invariances": (), "invariance_scores": {}, "pretrain_budget": None,
-        "pretrain_views_per_second": None}
+        "pretrain_views_per_second": None, "finetune_steps": None}
     return {**summary, "n_weak_views": settings.views.n_weak,
             "n_strong_views": settings.views.n_strong, "head_objective": settings.heads.objective,
             "head_epochs": int(head_epochs),
+            **({"semi": None} if settings.semi is None else {
+                "semi": settings.semi.mode, "semi_steps": settings.semi.steps,
+                "semi_rounds": settings.semi.rounds, "semi_mu": settings.semi.mu}),
             "estimated_seconds": None if stage1 is None else stage1.estimated_seconds}
 
 

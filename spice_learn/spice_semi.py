@@ -50,7 +50,8 @@ from .neighbors import (
 )
 from .runtime import autocast_dtype, compiled, derived_seed, draw_generator, isolated_rng
 
-__all__ = ["SEMI_LEARNING_RATES", "SemiSettings", "SemiResult", "default_semi_learning_rate",
+__all__ = ["SEMI_LEARNING_RATES", "DEFAULT_SEMI_STEPS", "CPU_FINETUNE_MU", "default_semi_mode",
+           "default_semi_mu", "default_semi_rounds", "SemiSettings", "SemiResult", "default_semi_learning_rate",
            "reliability_neighbors", "reliable_samples", "run_spice_semi", "train_semi_head",
            "finetune"]
 
@@ -61,6 +62,44 @@ SEMI_LEARNING_RATES = {"head": 1e-3, "finetune": 0.03}
 def default_semi_learning_rate(mode):
     """``semi_learning_rate="auto"`` of the ``mode`` ("head" or "finetune")."""
     return SEMI_LEARNING_RATES.get(mode)
+
+
+#: ``semi_steps="auto"`` without a CPU time budget (FixMatch-style steps of one round).
+DEFAULT_SEMI_STEPS = 1000
+#: ``semi_mu="auto"`` of the "finetune" mode off CUDA (FixMatch's 7 elsewhere): a step
+#: then trains on ``B (1 + 2 mu)`` = 448 images instead of 960, and in the probes of
+#: docs/benchmarks.md ("Thirteenth session") 600 steps at mu 3 gained about what 1,000
+#: at mu 7 did on USPS, at a third of the work.
+CPU_FINETUNE_MU = 3
+
+
+def default_semi_mode(pretrained, finetune_fits):
+    """``semi="auto"``: "finetune" (the paper's SPICE-Semi, backbone and head end to end)
+    when this fit pretrained its backbone by SimCLR and there is time for it
+    (``finetune_fits``: on CUDA, or on a CPU when the time budget left it enough steps);
+    "head" otherwise (a backbone given with its weights, a fitted ``backbone_``,
+    precomputed features, a CPU fit without the time budget, or a budget too small
+    to finetune in: sklearn's digits on 2 cores).
+
+    Chosen with stage 1 fixed at the epochs a 2-core CPU budget gives, over seeds 0-2
+    (docs/benchmarks.md, "Thirteenth session"): after SPICE-Self, 1,000 finetune steps
+    raised ACC on USPS by 0.004 / 0.013 / 0.013 and on the Fashion-MNIST subset by
+    0.013 / 0.010 / 0.007, where the "head" mode's rounds were undone by its label-free
+    check on every seed (forced through, they moved ACC by -0.017 to +0.012)."""
+    return "finetune" if pretrained and finetune_fits else "head"
+
+
+def default_semi_mu(mode, device):
+    """``semi_mu="auto"``: :data:`CPU_FINETUNE_MU` for "finetune" off CUDA, else 7."""
+    if mode == "finetune" and torch.device(device).type != "cuda":
+        return CPU_FINETUNE_MU
+    return 7
+
+
+def default_semi_rounds(mode):
+    """``semi_rounds="auto"``: 1 for "finetune" (the paper's one round; a second costs
+    as much again), 2 for "head" (seconds each)."""
+    return 1 if mode == "finetune" else 2
 
 
 # --------------------------------------------------------------------- reliability

@@ -159,7 +159,7 @@ CASES = [
     ("a streamed directory with a corrupt file", _stream_of_a_broken_file,
      ValueError, r"Cannot read image file .*b.png"),
     ("an unknown semi mode", _fit(_blobs(), backbone="precomputed", semi="full"),
-     ValueError, r"semi must be None, 'head' or 'finetune'"),
+     ValueError, r"semi must be None, 'auto', 'head' or 'finetune'"),
     ("semi='finetune' without images", _fit(_blobs(), backbone="precomputed", semi="finetune"),
      ValueError, r"semi='finetune' needs images"),
     ("random_state that is not a seed", _fit(_blobs(), backbone="precomputed",

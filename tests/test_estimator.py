@@ -631,8 +631,9 @@ def test_semi_head_sets_reliability_and_refines():
     assert np.all((est.reliability_ >= 0) & (est.reliability_ <= 1))
     np.testing.assert_array_equal(est.reliable_mask_, est.reliability_ >= 0.95)
     assert est.reliable_mask_.mean() > 0.5
-    assert est.semi_history_.shape == (400 * est.semi_rounds, 3)
-    assert est.semi_rounds_ == est.semi_rounds  # both rounds kept on clean blobs
+    assert est.plan_["semi"] == "head" and est.plan_["semi_rounds"] == 2  # features: "head"
+    assert est.semi_history_.shape == (400 * 2, 3)
+    assert est.semi_rounds_ == 2  # both rounds kept on clean blobs
     assert cluster_accuracy(y, est.labels_) > 0.95
     np.testing.assert_array_equal(est.predict(X), est.labels_)  # the refined classifier
 

@@ -10,6 +10,8 @@ from spice_learn.representation import (
     GRAY_BUDGET_CAP,
     GRAY_INPUT_SIZE,
     MIN_BUDGET_EPOCHS,
+    MIN_FINETUNE_STEPS,
+    SEMI_BUDGET_SHARE,
     cpu_pretrain_budget,
     default_pretrain_epochs,
     default_simclr_settings,
@@ -175,6 +177,29 @@ def test_auto_time_fits_the_epochs_to_the_measured_speed(monkeypatch):
     assert plan(1.0, pretrain_epochs=40)[0].pretrain_epochs == 40
 
 
+def test_cpu_budget_leaves_finetune_a_share_only_when_it_buys_enough_steps(monkeypatch):
+    images, n, step = gray_images(n=900), 900, 40  # slow enough to cut the epochs
+    budget = cpu_pretrain_budget(n, False)
+
+    def plan(speed, **kwargs):
+        monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed))
+        args = {"pretrain": True, "pretrain_epochs": None, "device": CPU,
+                "pretrain_time": "auto", **kwargs}
+        return plan_representation("auto", images, **args)
+
+    speed = 2 * MIN_FINETUNE_STEPS * step / (SEMI_BUDGET_SHARE * budget)  # twice the fewest
+    shared = plan(speed, finetune_step_views=step)
+    assert shared.finetune_steps == 2 * MIN_FINETUNE_STEPS
+    assert shared.time_budget == pytest.approx((1 - SEMI_BUDGET_SHARE) * budget)
+    alone = plan(speed)  # SPICE-Semi will not finetune: stage 1 keeps the whole budget
+    assert alone.finetune_steps is None and alone.time_budget == pytest.approx(budget)
+    assert shared.pretrain_epochs < alone.pretrain_epochs
+    short = plan(0.9 * speed / 2, finetune_step_views=step)  # 180 steps would fit
+    assert short.finetune_steps is None and short.time_budget == pytest.approx(budget)
+    # no budget: nothing is reserved
+    assert plan(speed, finetune_step_views=step, pretrain_time=None).finetune_steps is None
+
+
 def test_estimate_follows_the_measured_speed(monkeypatch):
     monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(100.0))
     measured = plan_representation("auto", gray_images(n=900), pretrain=True,
@@ -239,6 +264,27 @@ def test_fit_runs_the_epochs_its_budget_allows(monkeypatch):
     untimed.fit(X)
     assert untimed.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)
     assert untimed.plan_["pretrain_budget"] is None
+
+
+def test_default_fit_finetunes_in_the_time_its_budget_leaves(monkeypatch):
+    X = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    budget, step = cpu_pretrain_budget(40, False), 4 * (1 + 2 * 3)  # B = 4, mu "auto" = 3
+    speed = (MIN_FINETUNE_STEPS + 10) * step / (SEMI_BUDGET_SHARE * budget)
+    monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed))
+    quick = {"n_heads": 2, "max_epochs": 3, "n_weak_views": 1, "n_strong_views": 1,
+             "semi_batch_size": 4, "n_neighbors": 3, "device": "cpu", "random_state": 0}
+    monkeypatch.setattr(representation, "default_pretrain_epochs", lambda *args: 2)
+    model = SpiceClustering(2, reliability_threshold=0.3, **quick).fit(X)
+    plan = model.plan_
+    assert plan["finetune_steps"] == MIN_FINETUNE_STEPS + 10
+    assert (plan["semi"], plan["semi_steps"], plan["semi_rounds"], plan["semi_mu"]) == (
+        "finetune", MIN_FINETUNE_STEPS + 10, 1, 3)
+    assert plan["pretrain_budget"] == pytest.approx((1 - SEMI_BUDGET_SHARE) * budget)
+    assert model.semi_history_.shape == (MIN_FINETUNE_STEPS + 10, 3)
+    monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed / 2))
+    small = SpiceClustering(2, semi_steps=3, **quick).fit(X)
+    assert small.plan_["finetune_steps"] is None and small.plan_["semi"] == "head"
+    assert small.plan_["pretrain_budget"] == pytest.approx(budget)
 
 
 def test_checkpointed_fits_keep_the_rule_so_reruns_resume(monkeypatch, tmp_path):

@@ -7,10 +7,12 @@ import pytest
 import torch
 from test_spice_self import make_cache
 
-from spice_learn import spice_semi
+from spice_learn import SpiceClustering, spice_semi
 from spice_learn.backbones import build_backbone
 from spice_learn.heads import MultiHeadClassifier
 from spice_learn.metrics import cluster_accuracy
+from spice_learn.representation import MIN_FINETUNE_STEPS, Stage1Plan
+from spice_learn.settings import resolve_settings
 from spice_learn.spice_self import head_probabilities
 from spice_learn.spice_semi import finetune, train_semi_head
 
@@ -219,3 +221,32 @@ def test_reliable_samples_are_drawn_class_balanced():
         members = np.flatnonzero((labels == cluster) & reliable)
         assert set(np.flatnonzero(counts)) == set(members)
         np.testing.assert_allclose(counts[members] / counts.sum(), 1 / size, rtol=0.35)
+
+
+def test_semi_auto_finetunes_a_pretrained_backbone_in_the_time_left_to_it():
+    params = SpiceClustering(10).get_params()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+
+    def plan(**kwargs):
+        fields = {"backbone": "spice_convnet4", "input_size": (16, 16), "colour": False,
+                  "pretrain_epochs": 20, "batch_size": 64, "learning_rate": 1e-3,
+                  "temperature": 0.5, **kwargs}
+        return Stage1Plan(**fields)
+
+    def semi(plan=None, device=cpu, **given):
+        s = resolve_settings({**params, **given}, device, 5000, plan=plan).semi
+        return s.mode, s.steps, s.rounds, s.mu
+
+    budgeted = plan(time_budget=300.0, views_per_second=1e3, finetune_steps=321)
+    assert semi(budgeted) == ("finetune", 321, 1, 3)
+    too_small = plan(time_budget=60.0, views_per_second=1e3)  # no steps were left to it
+    assert semi(too_small) == ("head", 1000, 2, 7)
+    assert semi(plan(), cuda) == ("finetune", 1000, 1, 7)  # no budget: the full steps
+    assert semi(plan()) == ("head", 1000, 2, 7)  # no budget on a CPU: no time was left to it
+    assert semi(plan(), semi="finetune") == ("finetune", 1000, 1, 3)
+    assert semi(plan(pretrain_epochs=0))[0] == "head"  # given weights: nothing pretrained
+    assert semi(None)[0] == "head"  # precomputed features (and before stage 1)
+    assert semi(too_small, semi="finetune") == ("finetune", MIN_FINETUNE_STEPS, 1, 3)
+    assert semi(budgeted, semi="head") == ("head", 1000, 2, 7)
+    assert semi(budgeted, semi_steps=50, semi_rounds=3, semi_mu=5) == ("finetune", 50, 3, 5)
+    assert resolve_settings({**params, "semi": None}, cpu, 5000, plan=budgeted).semi is None
