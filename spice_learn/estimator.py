@@ -140,8 +140,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         clusters and 1 from 50 on.
     n_weak_views, n_strong_views : int or "auto", default="auto"
         Augmented views cached per image, each one backbone pass and ``D`` floats
-        per image; "auto": 4 and 16 up to 5,000 samples, else 2 and 4
-        (:func:`spice_learn.view_cache.default_n_views`).
+        per image; "auto": 4 and 16 up to 5,000 samples, else 2 and 4, and one
+        strong view when nothing learns from them (SCAN heads with SPICE-Semi
+        "finetune" or None; :func:`spice_learn.view_cache.default_n_views`).
     flip : bool or "auto", default="auto"
         Whether augmentations flip images horizontally; "auto": for network inputs
         larger than 20 px (not digits or characters, where a mirror is another symbol).

@@ -323,7 +323,13 @@ def resolve_settings(params, device, n_samples, n_clusters=None, plan=None):
     k = candidates if isinstance(candidates, int) else candidates[0]
     if not isinstance(candidates, int) and not isinstance(p["batch_size"], str):
         check_int(p["batch_size"], "batch_size", candidates[-1])
-    n_weak, n_strong = default_n_views(n_samples)
+    mode = p["semi"]
+    if mode == "auto":
+        mode = default_semi_mode(plan is not None and plan.pretrain_epochs > 0,
+                                 torch.device(device).type == "cuda" or (
+                                     plan is not None and plan.finetune_steps is not None))
+    n_weak, n_strong = default_n_views(
+        n_samples, strong_used=mode == "head" or p["head_objective"] == "spice")
     hidden = p["hidden_dim"]
     views = ViewSettings(n_weak=_auto(p["n_weak_views"]) or n_weak,
                          n_strong=_auto(p["n_strong_views"]) or n_strong,
@@ -335,11 +341,6 @@ def resolve_settings(params, device, n_samples, n_clusters=None, plan=None):
         max_epochs=_auto(p["max_epochs"]), learning_rate=_auto(p["learning_rate"]),
         confidence_ratio=float(p["confidence_ratio"]),
         entropy_weight=_auto(p["entropy_weight"]))
-    mode = p["semi"]
-    if mode == "auto":
-        mode = default_semi_mode(plan is not None and plan.pretrain_epochs > 0,
-                                 torch.device(device).type == "cuda" or (
-                                     plan is not None and plan.finetune_steps is not None))
     semi = None if mode is None else SemiSettings(
         mode=mode, n_neighbors=reliability_neighbors(_auto(p["n_neighbors"]), n_samples, k),
         reliability_threshold=float(p["reliability_threshold"]),

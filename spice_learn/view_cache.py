@@ -82,16 +82,20 @@ class BuiltCache:
     embedded: bool
 
 
-def default_n_views(n_samples):
+def default_n_views(n_samples, strong_used=True):
     """``n_weak_views``/``n_strong_views="auto"``: 4 and 16 views up to
-    :data:`SMALL_DATA_SIZE` samples, else 2 and 4.
+    :data:`SMALL_DATA_SIZE` samples, else 2 and 4; one strong view when nothing
+    trains on them (``strong_used`` False: SCAN heads and SPICE-Semi "finetune" or
+    none; only the "spice" heads and SPICE-Semi "head" learn from strong views).
 
     Small data sets are cheap to embed, and the SPICE-Semi head has more views to
     learn from; an earlier single-machine comparison on digits favoured 4/16 over
     2/4, but no script in ``benchmarks/`` reproduces it yet. Each view costs one
-    backbone pass and ``D`` stored values per image.
+    backbone pass and ``D`` stored values per image, and a strong view its
+    per-image RandAugment too (about 1,000 images a second on one core).
     """
-    return (4, 16) if n_samples <= SMALL_DATA_SIZE else (2, 4)
+    weak, strong = (4, 16) if n_samples <= SMALL_DATA_SIZE else (2, 4)
+    return weak, strong if strong_used else 1
 
 
 def default_cache_dtype(choice, n_samples, n_views, dim):

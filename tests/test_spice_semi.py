@@ -250,3 +250,20 @@ def test_semi_auto_finetunes_a_pretrained_backbone_in_the_time_left_to_it():
     assert semi(budgeted, semi="head") == ("head", 1000, 2, 7)
     assert semi(budgeted, semi_steps=50, semi_rounds=3, semi_mu=5) == ("finetune", 50, 3, 5)
     assert resolve_settings({**params, "semi": None}, cpu, 5000, plan=budgeted).semi is None
+
+
+def test_cached_strong_views_follow_what_learns_from_them():
+    params = SpiceClustering(10).get_params()
+    plan = Stage1Plan(backbone="spice_convnet4", input_size=(16, 16), colour=False,
+                      pretrain_epochs=20, batch_size=64, learning_rate=1e-3, temperature=0.5,
+                      time_budget=300.0, views_per_second=1e3, finetune_steps=321)
+
+    def views(n=1000, plan=None, **given):
+        v = resolve_settings({**params, **given}, torch.device("cpu"), n, plan=plan).views
+        return v.n_weak, v.n_strong
+
+    assert views() == (4, 16) and views(6000) == (2, 4)  # SPICE-Semi "head" learns from them
+    assert views(plan=plan) == (4, 1) and views(6000, plan=plan) == (2, 1)  # "finetune"
+    assert views(semi=None) == (4, 1) == views(semi="finetune")
+    assert views(semi=None, head_objective="spice") == (4, 16)  # the "spice" heads do too
+    assert views(plan=plan, n_strong_views=5) == (4, 5)
