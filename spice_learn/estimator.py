@@ -307,7 +307,7 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         measured for it, or None), ``finetune_steps`` (the SPICE-Semi "finetune"
         steps the budget left time for, or None), ``semi``, ``semi_steps``,
         ``semi_rounds`` and ``semi_mu`` (SPICE-Semi as run; ``semi`` None without
-        it) and ``estimated_seconds`` (stage 1 and the views on
+        it) and ``estimated_seconds`` (stage 1, the views and the ``finetune_steps`` on
         this CPU, from the measured speed, or else on 2 fast cores; None without a
         cost model).
 
@@ -370,7 +370,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         stage1 = None if settings.precomputed else represent(  # stage 1: the representation
             inputs, settings.stage1, build_seed=run.seeds.build,
             pretrain_seed=run.seeds.pretrain, device=run.device,
-            n_views=settings.views.n_views, verbose=run.verbose, log=run.log)
+            n_views=lambda plan: resolve_settings(params, device, settings.n_samples,
+                                                  plan=plan).views.n_views,
+            verbose=run.verbose, log=run.log)
         if stage1 is not None:  # SPICE-Semi's "auto" values follow the plan
             settings = resolve_settings(params, device, settings.n_samples, plan=stage1.plan)
         extractor = None if stage1 is None else stage1.extractor

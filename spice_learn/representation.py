@@ -47,8 +47,8 @@ from .pretrain import pretrain_simclr, simclr_speed
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
            "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "PIXEL_COST_EXPONENT", "Stage1Plan",
-           "MIN_BUDGET_EPOCHS", "BUDGET_SLACK", "SEMI_BUDGET_SHARE", "MIN_FINETUNE_STEPS", "GRAY_BUDGET_CAP", "cpu_pretrain_budget",
-           "resolve_backbone",
+           "MIN_BUDGET_EPOCHS", "BUDGET_SLACK", "SEMI_BUDGET_SHARE", "MIN_FINETUNE_STEPS",
+           "GRAY_BUDGET_CAP", "cpu_pretrain_budget", "on_cuda", "resolve_backbone",
            "wants_pretraining", "resolve_flip", "is_colour", "default_pretrain_epochs",
            "default_simclr_settings", "plan_representation", "estimate_seconds",
            "learn_representation", "Stage1Settings", "Representation", "plan_summary",
@@ -200,15 +200,15 @@ def default_simclr_settings(colour, device=None):
     on digits and USPS (16 px, minutes on a CPU; USPS, 41 epochs: 0.978 against 0.921
     ACC after SPICE-Semi).
     """
-    on_cuda = _on_cuda(device)
+    cuda = on_cuda(device)
     if colour:
-        if on_cuda:
+        if cuda:
             return {"batch_size": 128, "learning_rate": 4e-3, "temperature": 0.2}
         return {"batch_size": 64, "learning_rate": 2e-3, "temperature": 0.2}
-    return {"batch_size": 256 if on_cuda else 64, "learning_rate": 1e-3, "temperature": 0.5}
+    return {"batch_size": 256 if cuda else 64, "learning_rate": 1e-3, "temperature": 0.5}
 
 
-def _on_cuda(device):
+def on_cuda(device):
     """Whether ``device`` is a CUDA device (None: the CPU), the split of the GPU defaults."""
     return device is not None and torch.device(device).type == "cuda"
 
@@ -218,7 +218,7 @@ def resolve_backbone(backbone, image_size, device=None):
     anything else unchanged. On the CPU (or ``device=None``) ``"auto"`` is always
     the small conv net; on CUDA a ResNet-18 for images above 28 px."""
     if isinstance(backbone, str) and backbone == "auto":
-        if _on_cuda(device) and max(image_size) > SMALL_BACKBONE_MAX_SIZE:
+        if on_cuda(device) and max(image_size) > SMALL_BACKBONE_MAX_SIZE:
             return DEFAULT_BACKBONE
         return SMALL_BACKBONE
     return backbone
@@ -367,8 +367,11 @@ def _working_size(name, colour, image_size):
     return (side, side)
 
 
-def estimate_seconds(plan, n_samples, n_views):
-    """Seconds stage 1 and the view cache take on a CPU, or None without a cost model.
+def estimate_seconds(plan, n_samples, n_views, finetune_step_views=None):
+    """Seconds stage 1 and the view cache take on a CPU, or None without a cost model;
+    with the plan's SPICE-Semi ``finetune_steps`` and ``finetune_step_views`` (images
+    one step trains on) given, the finetune's time too, each image costing a
+    training view (as the plan's reservation assumes).
 
     With the speed measured for the plan (``plan.views_per_second``), from it: a
     cached view (its per-image augmentation and a forward pass) costs as much as
@@ -383,7 +386,8 @@ def estimate_seconds(plan, n_samples, n_views):
         pixels = (plan.input_size[0] * plan.input_size[1] / 256) ** PIXEL_COST_EXPONENT
         train_speed = TRAIN_VIEWS_PER_SECOND_16PX / pixels
     embed_speed = train_speed * EMBED_IMAGES_PER_SECOND_16PX / TRAIN_VIEWS_PER_SECOND_16PX
-    return (2 * n_samples * plan.pretrain_epochs / train_speed
+    finetune = (plan.finetune_steps or 0) * (finetune_step_views or 0)
+    return ((2 * n_samples * plan.pretrain_epochs + finetune) / train_speed
             + n_samples * n_views / embed_speed)
 
 
@@ -536,8 +540,10 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
     settings : Stage1Settings
     build_seed, pretrain_seed : int
     device : torch.device
-    n_views : int
-        Views the cache will hold per image (for the time estimate).
+    n_views : int or callable
+        Views the cache will hold per image (for the time estimate and the log), or
+        a function of the :class:`Stage1Plan` that returns them (the views may follow
+        the plan).
     verbose : int
     log : callable or None
         Called with the plan before the work starts and a line after pretraining.
@@ -554,13 +560,18 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
                                pretrain_time=_planned_time(s.max_time, s.checkpoint_dir),
                                small_stem=s.small_stem,
                                finetune_step_views=s.finetune_step_views)
-    estimate = estimate_seconds(plan, images.shape[0], n_views)
+    if callable(n_views):
+        n_views = n_views(plan)
+    estimate = estimate_seconds(plan, images.shape[0], n_views,
+                                finetune_step_views=s.finetune_step_views)
     log = log or (lambda message: None)
     size = "its own input size" if plan.input_size is None else \
         "x".join(str(side) for side in plan.input_size) + " px"
     found = ", ".join(plan.invariances) or "none"
     tested = ", ".join(f"{name} {score:.2f}" for name, score in plan.invariance_scores.items())
     found += f"; two-sample test accuracy {tested}" if tested else ""
+    work = "stage 1 and the views" if plan.finetune_steps is None else \
+        "stage 1, the views and the SPICE-Semi finetune"
     log(f"plan: {plan.backbone} at {size} ({'colour' if plan.colour else 'grayscale'} images), "
         f"{plan.pretrain_epochs} SimCLR epochs (optional invariances: {found}), "
         f"{n_views} cached views per image"
@@ -570,7 +581,7 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
            + ("" if plan.finetune_steps is None else
               f"; {plan.finetune_steps} SPICE-Semi finetune steps fit the time left") + ")")
         + ("" if estimate is None or device.type != "cpu" else
-           f"; stage 1 and the views take about {estimate / 60:.1f} min"
+           f"; {work} take about {estimate / 60:.1f} min"
            + ("" if plan.views_per_second is not None else " on 2 fast CPU cores")))
     extractor, history, flip, _ = learn_representation(
         s.backbone, s.weights, images, pretrain=s.pretrain, small_stem=s.small_stem,

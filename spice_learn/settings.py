@@ -31,13 +31,12 @@ from . import distributed
 from .backbones import FeatureExtractor, check_model_name
 from .cluster_count import check_n_clusters
 from .neighbors import AGREEMENT_NEIGHBORS
-from .representation import MIN_FINETUNE_STEPS, Stage1Settings, wants_pretraining
+from .representation import MIN_FINETUNE_STEPS, Stage1Settings, on_cuda, wants_pretraining
 from .runtime import torch_threads, usable_device
 from .scan_heads import scan_neighbors
 from .spice_self import HeadSettings
 from .ssl_augment import INVARIANCES, check_invariances
 from .spice_semi import (
-    CPU_FINETUNE_MU,
     DEFAULT_SEMI_STEPS,
     SemiSettings,
     default_semi_learning_rate,
@@ -236,10 +235,11 @@ def stage1_settings(params):
 
 def _finetune_step_views(params):
     """Images one SPICE-Semi "finetune" step trains on (``B (1 + 2 mu)``, with the CPU's
-    ``mu``: only a CPU budget uses it), when ``semi`` may finetune; else None."""
+    ``mu``, :func:`~spice_learn.spice_semi.default_semi_mu`: only a CPU budget uses
+    it), when ``semi`` may finetune; else None."""
     if params.get("semi") not in ("auto", "finetune"):
         return None
-    mu = _auto(params.get("semi_mu", "auto")) or CPU_FINETUNE_MU
+    mu = _auto(params.get("semi_mu", "auto")) or default_semi_mu("finetune", "cpu")
     return params.get("semi_batch_size", 64) * (1 + 2 * mu)
 
 
@@ -326,7 +326,7 @@ def resolve_settings(params, device, n_samples, n_clusters=None, plan=None):
     mode = p["semi"]
     if mode == "auto":
         mode = default_semi_mode(plan is not None and plan.pretrain_epochs > 0,
-                                 torch.device(device).type == "cuda" or (
+                                 on_cuda(device) or (
                                      plan is not None and plan.finetune_steps is not None))
     n_weak, n_strong = default_n_views(
         n_samples, strong_used=mode == "head" or p["head_objective"] == "spice")

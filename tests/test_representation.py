@@ -266,12 +266,20 @@ def test_fit_runs_the_epochs_its_budget_allows(monkeypatch):
     assert untimed.plan_["pretrain_budget"] is None
 
 
+def _estimate(plan, speed, n_views, finetune_views=0):
+    """The estimate of a 40-image fit's ``plan_`` at ``speed``: its cached views per
+    image (the original one included) and the images its finetune trains on."""
+    embed = speed * representation.EMBED_IMAGES_PER_SECOND_16PX / (
+        representation.TRAIN_VIEWS_PER_SECOND_16PX)
+    return (2 * 40 * plan["pretrain_epochs"] + finetune_views) / speed + 40 * n_views / embed
+
+
 def test_default_fit_finetunes_in_the_time_its_budget_leaves(monkeypatch):
     X = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
     budget, step = cpu_pretrain_budget(40, False), 4 * (1 + 2 * 3)  # B = 4, mu "auto" = 3
     speed = (MIN_FINETUNE_STEPS + 10) * step / (SEMI_BUDGET_SHARE * budget)
     monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed))
-    quick = {"n_heads": 2, "max_epochs": 3, "n_weak_views": 1, "n_strong_views": 1,
+    quick = {"n_heads": 2, "max_epochs": 3, "n_weak_views": 1,  # strong views: "auto"
              "semi_batch_size": 4, "n_neighbors": 3, "device": "cpu", "random_state": 0}
     monkeypatch.setattr(representation, "default_pretrain_epochs", lambda *args: 2)
     model = SpiceClustering(2, reliability_threshold=0.3, **quick).fit(X)
@@ -281,10 +289,16 @@ def test_default_fit_finetunes_in_the_time_its_budget_leaves(monkeypatch):
         "finetune", MIN_FINETUNE_STEPS + 10, 1, 3)
     assert plan["pretrain_budget"] == pytest.approx((1 - SEMI_BUDGET_SHARE) * budget)
     assert model.semi_history_.shape == (MIN_FINETUNE_STEPS + 10, 3)
+    # the estimate follows the plan: the one strong view finetuning caches, and the steps
+    assert plan["n_strong_views"] == 1
+    assert plan["estimated_seconds"] == pytest.approx(
+        _estimate(plan, speed, 1 + 1 + 1, (MIN_FINETUNE_STEPS + 10) * step))
     monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed / 2))
     small = SpiceClustering(2, semi_steps=3, **quick).fit(X)
     assert small.plan_["finetune_steps"] is None and small.plan_["semi"] == "head"
     assert small.plan_["pretrain_budget"] == pytest.approx(budget)
+    assert small.plan_["estimated_seconds"] == pytest.approx(  # 16 strong views for the head
+        _estimate(small.plan_, speed / 2, 1 + 1 + 16))
 
 
 def test_checkpointed_fits_keep_the_rule_so_reruns_resume(monkeypatch, tmp_path):
