@@ -26,6 +26,7 @@ from spice_learn import SpiceClustering
 from spice_learn.backbones import build_backbone
 from spice_learn.metrics import cluster_accuracy
 from spice_learn.neighbors import AGREEMENT_NEIGHBORS
+from spice_learn.scan_heads import scan_neighbors
 
 N_BLOBS, N_FEATURES, N_CENTERS = 60, 8, 3
 N_IMAGES = 20
@@ -675,7 +676,7 @@ def test_n_neighbors_is_clipped_to_the_average_cluster_size(monkeypatch):
 
 
 def test_scan_and_semi_share_one_neighbour_search(monkeypatch):
-    X, _ = blobs(n=600)  # average cluster 200: SCAN wants 20 neighbours, SPICE-Semi 33
+    X, _ = blobs(n=600)  # average cluster 200: SCAN wants 5 neighbours, SPICE-Semi 33
     calls = []
     real = view_cache_module.nearest_neighbors
 
@@ -685,10 +686,11 @@ def test_scan_and_semi_share_one_neighbour_search(monkeypatch):
 
     monkeypatch.setattr(view_cache_module, "nearest_neighbors", spy)
     est = fast_precomputed(semi_steps=5).fit(X)
-    assert calls == [max(20, est.n_neighbors_)] and est.n_neighbors_ == 600 // (6 * N_CENTERS)
+    assert calls == [est.n_neighbors_] and est.n_neighbors_ == 600 // (6 * N_CENTERS)
+    assert est.n_neighbors_ > max(scan_neighbors(600, N_CENTERS), AGREEMENT_NEIGHBORS)
     calls.clear()
-    fast_precomputed(semi=None).fit(X)
-    assert calls == [20]
+    fast_precomputed(semi=None).fit(X)  # the SCAN heads' 5 and the weights' agreement
+    assert calls == [max(scan_neighbors(600, N_CENTERS), AGREEMENT_NEIGHBORS)]
 
 
 def test_later_semi_rounds_learn_from_the_previous_round(monkeypatch):

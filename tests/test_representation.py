@@ -11,6 +11,7 @@ from spice_learn.representation import (
     GRAY_INPUT_SIZE,
     MIN_BUDGET_EPOCHS,
     MIN_FINETUNE_STEPS,
+    MIN_PRETRAIN_STEPS,
     SEMI_BUDGET_SHARE,
     cpu_pretrain_budget,
     default_pretrain_epochs,
@@ -61,6 +62,21 @@ def test_pretrain_epochs_follow_the_data_size_on_the_cpu():
     assert default_pretrain_epochs(70_000, CUDA) == 100  # GPU defaults stay
 
 
+def test_small_sets_get_a_floor_of_pretraining_steps():
+    assert default_pretrain_epochs(200, CPU) == 60  # no batch given: the rule alone
+    assert default_pretrain_epochs(200, CPU, batch_size=64) == 200  # 3 steps an epoch
+    assert default_pretrain_epochs(30, CPU, batch_size=64) == MIN_PRETRAIN_STEPS  # 1 a step
+    assert default_pretrain_epochs(1_797, CPU, batch_size=64) == 60  # enough steps already
+    assert default_pretrain_epochs(200, CPU, colour=True, batch_size=64) == 200
+    assert default_pretrain_epochs(1_000, CUDA, batch_size=256) == 200
+    plan = plan_representation("auto", gray_images(n=200, size=8), pretrain=True,
+                               pretrain_epochs=None, device=CPU)
+    assert plan.pretrain_epochs == 200  # with the plan's batch of 64
+    explicit = plan_representation("auto", gray_images(n=200, size=8), pretrain=True,
+                                   pretrain_epochs=None, device=CPU, batch_size=100)
+    assert explicit.pretrain_epochs == 300
+
+
 def test_colour_images_get_more_pretrain_epochs_on_the_cpu():
     assert default_pretrain_epochs(2_000, CPU, colour=True) == 150
     assert default_pretrain_epochs(10_000, CPU, colour=True) == 100
@@ -102,7 +118,10 @@ def test_plan_resolves_size_colour_and_settings():
     assert wide.input_size == (20, 20)  # the larger side decides
     assert (colour.batch_size, colour.learning_rate, colour.temperature) == (
         tuple(default_simclr_settings(True).values()))
-    assert colour.pretrain_epochs > gray.pretrain_epochs  # the plan passes the colour on
+    many_gray, many_colour = (plan_representation("auto", images(n=1000), pretrain=True,
+                                                   pretrain_epochs=None, device=CPU)
+                              for images in (gray_images, colour_images))
+    assert many_colour.pretrain_epochs > many_gray.pretrain_epochs  # the plan passes it on
     explicit = plan_representation("auto", colour_images(), pretrain=True, pretrain_epochs=7,
                                    device=CPU, batch_size=32, temperature=0.1)
     assert explicit.pretrain_epochs == 7 and explicit.batch_size == 32
@@ -259,10 +278,11 @@ def test_fit_runs_the_epochs_its_budget_allows(monkeypatch):
     assert model.plan_["pretrain_epochs"] == 7 == len(model.pretrain_history_)
     assert model.plan_["pretrain_budget"] == pytest.approx(budget)
     assert model.plan_["pretrain_views_per_second"] == pytest.approx(2 * 40 * 7.5 / budget)
+    monkeypatch.setattr(representation, "MIN_PRETRAIN_STEPS", 60)  # keep the test short
     untimed = SpiceClustering(2, n_heads=2, semi=None, pretrain_time=None, device="cpu",
                               random_state=0)
     untimed.fit(X)
-    assert untimed.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)
+    assert untimed.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU, batch_size=64)
     assert untimed.plan_["pretrain_budget"] is None
 
 
@@ -281,7 +301,7 @@ def test_default_fit_finetunes_in_the_time_its_budget_leaves(monkeypatch):
     monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed))
     quick = {"n_heads": 2, "max_epochs": 3, "n_weak_views": 1,  # strong views: "auto"
              "semi_batch_size": 4, "n_neighbors": 3, "device": "cpu", "random_state": 0}
-    monkeypatch.setattr(representation, "default_pretrain_epochs", lambda *args: 2)
+    monkeypatch.setattr(representation, "default_pretrain_epochs", lambda *args, **kwargs: 2)
     model = SpiceClustering(2, reliability_threshold=0.3, **quick).fit(X)
     plan = model.plan_
     assert plan["finetune_steps"] == MIN_FINETUNE_STEPS + 10
@@ -305,7 +325,8 @@ def test_checkpointed_fits_keep_the_rule_so_reruns_resume(monkeypatch, tmp_path)
     X = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
     fake = _FakeSpeed(1.0)  # would cut to the fewest epochs
     monkeypatch.setattr(representation, "simclr_speed", fake)
+    monkeypatch.setattr(representation, "MIN_PRETRAIN_STEPS", 60)  # keep the test short
     model = SpiceClustering(2, n_heads=2, semi=None, checkpoint_dir=tmp_path, device="cpu",
                             random_state=0).fit(X)
     assert fake.calls == [] and model.plan_["pretrain_budget"] is None
-    assert model.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU)
+    assert model.plan_["pretrain_epochs"] == default_pretrain_epochs(40, CPU, batch_size=64)

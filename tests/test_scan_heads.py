@@ -8,8 +8,11 @@ from spice_learn.losses import neighbour_consistency
 from spice_learn.metrics import cluster_accuracy
 from spice_learn.neighbors import nearest_neighbors
 from spice_learn.scan_heads import (
+    MIN_SCAN_NEIGHBORS,
+    SCAN_NEIGHBORS,
     default_scan_epochs,
     scan_head_epochs,
+    scan_neighbors,
     scan_selection_losses,
     train_scan_heads,
 )
@@ -80,6 +83,15 @@ def test_same_seed_same_heads_and_global_rng_untouched():
     b, _ = train(cache, neighbors, max_epochs=3)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a.w1, b.w1) and torch.equal(a.w2, b.w2)
+
+
+def test_scan_neighbours_follow_the_cluster_size():
+    assert scan_neighbors(9_298, 10) == SCAN_NEIGHBORS == 20  # USPS: SCAN's own number
+    assert scan_neighbors(70_000, 10) == SCAN_NEIGHBORS
+    assert scan_neighbors(1_797, 10) == MIN_SCAN_NEIGHBORS == 5  # sklearn digits: 180 a class
+    assert scan_neighbors(10_000, 20) == 12  # 500 a class: in between
+    assert scan_neighbors(40, 10) == 3  # always below the average cluster size
+    assert scan_neighbors(10, 10) == 1
 
 
 def test_default_scan_epochs():
