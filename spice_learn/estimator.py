@@ -107,8 +107,9 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     head_objective : {"scan", "spice"}, default="scan"
         What the heads learn from. "spice": SPICE-Self's prototype pseudo-labels
         and double-softmax cross-entropy (paper Algorithm 1). "scan" (beyond
-        SPICE): SCAN's neighbour consistency with 20 neighbours, plus an entropy
-        term (:mod:`spice_learn.scan_heads`). The head with the lowest loss is
+        SPICE): SCAN's neighbour consistency with 5-20 neighbours (20 from 800
+        images a cluster on, :func:`~spice_learn.scan_heads.scan_neighbors`), plus an
+        entropy term (:mod:`spice_learn.scan_heads`). The head with the lowest loss is
         kept; SPICE-Semi runs on either.
     hidden_dim : int, None or "auto", default="auto"
         Hidden width of each head (SPICE-Self's and SPICE-Semi's "head"); None uses
