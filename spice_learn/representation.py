@@ -48,8 +48,9 @@ from .pretrain import pretrain_simclr, simclr_speed
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
            "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "PIXEL_COST_EXPONENT", "Stage1Plan",
            "MIN_PRETRAIN_STEPS", "MIN_BUDGET_EPOCHS", "BUDGET_SLACK", "SEMI_BUDGET_SHARE",
-           "MIN_FINETUNE_STEPS", "GRAY_BUDGET_CAP", "cpu_pretrain_budget", "on_cuda", "resolve_backbone",
-           "wants_pretraining", "resolve_flip", "is_colour", "default_pretrain_epochs",
+           "MIN_FINETUNE_STEPS", "GRAY_BUDGET_CAP", "cpu_pretrain_budget", "on_cuda",
+           "resolve_backbone", "wants_pretraining", "resolve_flip", "is_colour",
+           "default_pretrain_epochs",
            "default_simclr_settings", "plan_representation", "estimate_seconds",
            "learn_representation", "Stage1Settings", "Representation", "plan_summary",
            "represent"]

@@ -33,9 +33,10 @@ from .heads import MultiHeadClassifier, head_probabilities, step_heads, train_ep
 from .losses import entropy_regularised, neighbour_consistency
 from .runtime import draw_generator
 
-__all__ = ["SCAN_NEIGHBORS", "MIN_SCAN_NEIGHBORS", "SCAN_NEIGHBOR_SPACING", "SCAN_ENTROPY_WEIGHT",
-           "SCAN_ENTROPY_WEIGHTS", "scan_neighbors", "default_scan_epochs", "default_scan_minibatch_size",
-           "train_scan_heads", "scan_head_epochs", "scan_selection_losses"]
+__all__ = ["SCAN_NEIGHBORS", "MIN_SCAN_NEIGHBORS", "SCAN_NEIGHBOR_SPACING",
+           "SCAN_ENTROPY_WEIGHT", "SCAN_ENTROPY_WEIGHTS", "scan_neighbors", "default_scan_epochs",
+           "default_scan_minibatch_size", "train_scan_heads", "scan_head_epochs",
+           "scan_selection_losses"]
 
 #: Neighbours per sample of the SCAN loss for large clusters (SCAN's CIFAR setting, about
 #: 5,000 images a class); smaller clusters get fewer (:func:`scan_neighbors`).
