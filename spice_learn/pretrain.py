@@ -42,7 +42,7 @@ from .losses import nt_xent_loss
 from .runtime import (autocast_dtype, compiled, derived_seed, draw_generator, halve_after_oom,
                       isolated_rng)
 
-__all__ = ["ProjectionHead", "pretrain_simclr", "simclr_speed"]
+__all__ = ["ProjectionHead", "pretrain_simclr", "simclr_speed", "steps_per_epoch"]
 
 
 def contrastive_loss(net, views, temperature):
@@ -237,6 +237,13 @@ def _pretrain_simclr(
     return history
 
 
+def steps_per_epoch(n_samples, batch_size):
+    """SimCLR steps in one epoch of ``n_samples`` images: whole batches of
+    ``batch_size`` (clipped to ``n_samples``; the last partial batch is dropped), at
+    least one."""
+    return max(1, n_samples // min(batch_size, n_samples))
+
+
 def _check_batch(batch, where=""):
     world = distributed.world_size()
     if batch < world:
@@ -266,9 +273,8 @@ def _train_epochs(
         perm = torch.randperm(n, generator=gen)
         losses, b, reader = [], 0, None
         try:
-            while b < max(1, n // batch):
-                steps_per_epoch = max(1, n // batch)
-                progress = (epoch + b / steps_per_epoch) / max_epochs
+            while b < steps_per_epoch(n, batch):
+                progress = (epoch + b / steps_per_epoch(n, batch)) / max_epochs
                 if max_time:  # None or 0: no time-based schedule
                     # With a time budget the schedule follows whichever runs out first.
                     progress = max(progress, elapsed() / max_time)
@@ -350,7 +356,7 @@ def _epoch_batches(images, perm, first, batch, *, pin):
     from batch ``first`` on, where ``lo:hi`` is this process's share of ``idx``; an
     ImageStream decodes them ahead, in its DataLoader."""
     shares = []
-    for b in range(first, max(1, len(perm) // batch)):
+    for b in range(first, steps_per_epoch(len(perm), batch)):
         idx = perm[b * batch : (b + 1) * batch]
         lo, hi = distributed.shard_range(len(idx))
         shares.append((lo, hi, len(idx), idx[lo:hi]))

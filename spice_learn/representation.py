@@ -43,7 +43,7 @@ from . import distributed
 from .backbones import FeatureExtractor, build_backbone
 from .invariances import detect_invariances
 from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
-from .pretrain import pretrain_simclr, simclr_speed
+from .pretrain import pretrain_simclr, simclr_speed, steps_per_epoch
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
            "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "PIXEL_COST_EXPONENT", "Stage1Plan",
@@ -269,21 +269,20 @@ def default_pretrain_epochs(n_samples, device, colour=False, batch_size=None):
     the fit time.
 
     With the SimCLR ``batch_size`` given, small data sets get at least
-    :data:`MIN_PRETRAIN_STEPS` steps (``N // batch_size`` a step an epoch, at least
-    one): 200 images at batch 64 take 3 steps an epoch, and 60 epochs (180 steps) left
+    :data:`MIN_PRETRAIN_STEPS` steps (:func:`~spice_learn.pretrain.steps_per_epoch`
+    an epoch): 200 images at batch 64 take 3 steps an epoch, and 60 epochs (180 steps) left
     200 of sklearn's digits at ACC 0.675 / 0.775 (seeds 0 / 1; KMeans on the pixels
     0.720 / 0.735), 200 epochs 0.870 / 0.805 and 500 epochs 0.865 / 0.815. Grayscale
     sets of at least 640 images (colour: 256) already have them at batch 64."""
     n = max(n_samples, 1)
-    if torch.device(device).type == "cuda":
+    if on_cuda(device):
         epochs = 100
     elif colour:
         epochs = int(min(150, max(40, round(COLOUR_EPOCH_FACTOR * 40 * math.sqrt(10_000 / n)))))
     else:
         epochs = int(min(60, max(15, round(60 * math.sqrt(20_000 / n)))))
     if batch_size is not None:
-        steps_per_epoch = max(1, n // min(int(batch_size), n))
-        epochs = max(epochs, math.ceil(MIN_PRETRAIN_STEPS / steps_per_epoch))
+        epochs = max(epochs, math.ceil(MIN_PRETRAIN_STEPS / steps_per_epoch(n, int(batch_size))))
     return epochs
 
 
