@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .cluster_count import search_n_clusters
-from .representation import represent, resolve_flip
+from .representation import plan_stage1, represent, resolve_flip
 from .settings import PARAMETER_CONSTRAINTS, check_settings, inference_device, n_jobs_threads
 from .settings import fitted_plan, resolve_settings, start_run
 from .spice_self import cluster_centers, fit_spice_self, head_probabilities, head_selection_losses
@@ -368,14 +368,14 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         inputs = as_inputs(X, params["backbone"] == "precomputed")
         settings = resolve_settings(params, device, inputs.shape[0])
         run = start_run(settings, self.random_state, self.verbose)
-        stage1 = None if settings.precomputed else represent(  # stage 1: the representation
-            inputs, settings.stage1, build_seed=run.seeds.build,
+        plan = None if settings.precomputed else plan_stage1(
+            inputs, settings.stage1, seed=run.seeds.build, device=run.device)
+        if plan is not None:  # the views' and SPICE-Semi's "auto" values follow the plan
+            settings = resolve_settings(params, device, settings.n_samples, plan=plan)
+        stage1 = None if plan is None else represent(  # stage 1: the representation
+            inputs, settings.stage1, plan, build_seed=run.seeds.build,
             pretrain_seed=run.seeds.pretrain, device=run.device,
-            n_views=lambda plan: resolve_settings(params, device, settings.n_samples,
-                                                  plan=plan).views.n_views,
-            verbose=run.verbose, log=run.log)
-        if stage1 is not None:  # SPICE-Semi's "auto" values follow the plan
-            settings = resolve_settings(params, device, settings.n_samples, plan=stage1.plan)
+            n_views=settings.views.n_views, verbose=run.verbose, log=run.log)
         extractor = None if stage1 is None else stage1.extractor
         flip = None if stage1 is None else stage1.flip
         built = build_view_cache(extractor, inputs, settings.views, flip=flip,

@@ -44,16 +44,17 @@ from .backbones import FeatureExtractor, build_backbone
 from .invariances import detect_invariances
 from .ssl_augment import TINY_INPUT_SIZE, contrastive_augment
 from .pretrain import pretrain_simclr, simclr_speed, steps_per_epoch
+from .runtime import on_cuda
 
 __all__ = ["SMALL_BACKBONE", "DEFAULT_BACKBONE", "SMALL_BACKBONE_MAX_SIZE", "GRAY_INPUT_SIZE",
            "COLOUR_INPUT_SIZE", "COLOUR_EPOCH_FACTOR", "PIXEL_COST_EXPONENT", "Stage1Plan",
            "MIN_PRETRAIN_STEPS", "MIN_BUDGET_EPOCHS", "BUDGET_SLACK", "SEMI_BUDGET_SHARE",
-           "MIN_FINETUNE_STEPS", "GRAY_BUDGET_CAP", "cpu_pretrain_budget", "on_cuda",
+           "MIN_FINETUNE_STEPS", "GRAY_BUDGET_CAP", "cpu_pretrain_budget",
            "resolve_backbone", "wants_pretraining", "resolve_flip", "is_colour",
            "default_pretrain_epochs",
            "default_simclr_settings", "plan_representation", "estimate_seconds",
            "learn_representation", "Stage1Settings", "Representation", "plan_summary",
-           "represent"]
+           "plan_stage1", "represent"]
 
 #: ``backbone="auto"`` on CUDA: the small conv net for images up to this size, else a ResNet-18.
 SMALL_BACKBONE, SMALL_BACKBONE_MAX_SIZE, DEFAULT_BACKBONE = "spice_convnet4", 28, "resnet18"
@@ -210,11 +211,6 @@ def default_simclr_settings(colour, device=None):
             return {"batch_size": 128, "learning_rate": 4e-3, "temperature": 0.2}
         return {"batch_size": 64, "learning_rate": 2e-3, "temperature": 0.2}
     return {"batch_size": 256 if cuda else 64, "learning_rate": 1e-3, "temperature": 0.5}
-
-
-def on_cuda(device):
-    """Whether ``device`` is a CUDA device (None: the CPU), the split of the GPU defaults."""
-    return device is not None and torch.device(device).type == "cuda"
 
 
 def resolve_backbone(backbone, image_size, device=None):
@@ -545,20 +541,40 @@ def plan_summary(plan, extractor):
             "finetune_steps": plan.finetune_steps}
 
 
-def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, verbose=0,
+def plan_stage1(images, settings, *, seed, device):
+    """Stage 1's plan for ``images`` under ``settings`` (:class:`Stage1Settings`): the
+    backbone, input size, invariances and SimCLR epochs its "auto" values resolve to on
+    ``device`` (:func:`plan_representation`; ``seed`` seeds the invariance test and the
+    speed probe). Nothing is trained.
+
+    Returns
+    -------
+    Stage1Plan
+    """
+    s = settings
+    return plan_representation(s.backbone, images, pretrain=s.pretrain, device=device,
+                               pretrain_epochs=s.pretrain_epochs, batch_size=s.batch_size,
+                               learning_rate=s.learning_rate, temperature=s.temperature,
+                               invariances=s.invariances, seed=seed,
+                               pretrain_time=_planned_time(s.max_time, s.checkpoint_dir),
+                               small_stem=s.small_stem,
+                               finetune_step_views=s.finetune_step_views)
+
+
+def represent(images, settings, plan, *, build_seed, pretrain_seed, device, n_views, verbose=0,
               log=None):
-    """Stage 1 of a fit: plan, build and (when asked) pretrain the backbone.
+    """Stage 1 of a fit: build and (when asked) pretrain the backbone that ``plan``
+    (:func:`plan_stage1`) describes.
 
     Parameters
     ----------
     images : torch.Tensor of dtype uint8, shape (N, 3, H, W), or ImageStream
     settings : Stage1Settings
+    plan : Stage1Plan
     build_seed, pretrain_seed : int
     device : torch.device
-    n_views : int or callable
-        Views the cache will hold per image (for the time estimate and the log), or
-        a function of the :class:`Stage1Plan` that returns them (the views may follow
-        the plan).
+    n_views : int
+        Views the cache will hold per image (for the time estimate and the log).
     verbose : int
     log : callable or None
         Called with the plan before the work starts and a line after pretraining.
@@ -568,15 +584,6 @@ def represent(images, settings, *, build_seed, pretrain_seed, device, n_views, v
     Representation
     """
     s = settings
-    plan = plan_representation(s.backbone, images, pretrain=s.pretrain, device=device,
-                               pretrain_epochs=s.pretrain_epochs, batch_size=s.batch_size,
-                               learning_rate=s.learning_rate, temperature=s.temperature,
-                               invariances=s.invariances, seed=build_seed,
-                               pretrain_time=_planned_time(s.max_time, s.checkpoint_dir),
-                               small_stem=s.small_stem,
-                               finetune_step_views=s.finetune_step_views)
-    if callable(n_views):
-        n_views = n_views(plan)
     estimate = estimate_seconds(plan, images.shape[0], n_views,
                                 finetune_step_views=s.finetune_step_views)
     log = log or (lambda message: None)

@@ -19,15 +19,19 @@ import torch
 from . import distributed
 from .validation import resolve_device
 
-__all__ = ["usable_device", "torch_threads", "isolated_rng", "derived_seed", "draw_generator",
-           "autocast_dtype",
-           "native_bf16", "compiled", "halve_after_oom"]
+__all__ = ["on_cuda", "usable_device", "torch_threads", "isolated_rng", "derived_seed",
+           "draw_generator", "autocast_dtype", "native_bf16", "compiled", "halve_after_oom"]
 
 #: The first CUDA compute capability with bfloat16 arithmetic in hardware (Ampere).
 BF16_MIN_CAPABILITY = (8, 0)
 
 
 # --------------------------------------------------------------------------- device, threads
+
+
+def on_cuda(device):
+    """Whether ``device`` is a CUDA device (None: the CPU), the split of the GPU defaults."""
+    return device is not None and torch.device(device).type == "cuda"
 
 
 def usable_device(device):

@@ -31,8 +31,8 @@ from . import distributed
 from .backbones import FeatureExtractor, check_model_name
 from .cluster_count import check_n_clusters
 from .neighbors import AGREEMENT_NEIGHBORS
-from .representation import MIN_FINETUNE_STEPS, Stage1Settings, on_cuda, wants_pretraining
-from .runtime import torch_threads, usable_device
+from .representation import MIN_FINETUNE_STEPS, Stage1Settings, wants_pretraining
+from .runtime import on_cuda, torch_threads, usable_device
 from .scan_heads import scan_neighbors
 from .spice_self import HeadSettings
 from .ssl_augment import INVARIANCES, check_invariances

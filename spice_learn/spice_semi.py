@@ -48,7 +48,8 @@ from .neighbors import (
     neighbour_agreement,
     reliability_scores,
 )
-from .runtime import autocast_dtype, compiled, derived_seed, draw_generator, isolated_rng
+from .runtime import (autocast_dtype, compiled, derived_seed, draw_generator, isolated_rng,
+                      on_cuda)
 
 __all__ = ["SEMI_LEARNING_RATES", "DEFAULT_SEMI_STEPS", "CPU_FINETUNE_MU", "default_semi_mode",
            "default_semi_mu", "default_semi_rounds", "SemiSettings", "SemiResult", "default_semi_learning_rate",
@@ -91,7 +92,7 @@ def default_semi_mode(pretrained, finetune_fits):
 
 def default_semi_mu(mode, device):
     """``semi_mu="auto"``: :data:`CPU_FINETUNE_MU` for "finetune" off CUDA, else 7."""
-    if mode == "finetune" and torch.device(device).type != "cuda":
+    if mode == "finetune" and not on_cuda(device):
         return CPU_FINETUNE_MU
     return 7
 

@@ -13,6 +13,7 @@ from spice_learn.runtime import (
     halve_after_oom,
     isolated_rng,
     native_bf16,
+    on_cuda,
     torch_threads,
     usable_device,
 )
@@ -52,6 +53,11 @@ def test_cuda_autocast_asks_the_device_itself(monkeypatch):
 
 def test_cpu_autocast_is_bf16_or_none():
     assert autocast_dtype(torch.device("cpu")) in (None, torch.bfloat16)
+
+
+def test_on_cuda_splits_the_gpu_defaults():
+    assert on_cuda("cuda") and on_cuda("cuda:1") and on_cuda(torch.device("cuda", 0))
+    assert not on_cuda(None) and not on_cuda("cpu") and not on_cuda(torch.device("cpu"))
 
 
 def test_usable_device_falls_back_to_the_cpu():
