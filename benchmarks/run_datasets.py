@@ -190,13 +190,15 @@ def table(results):
                 rounds = [r.get("semi_rounds") for r in runs]
                 epochs = sorted({r["plan"]["pretrain_epochs"] for r in runs})
                 budget = plan.get("pretrain_budget")
-                speeds = [r["plan"].get("pretrain_views_per_second") or 0 for r in runs]
+                speeds = sorted({round(r["plan"].get("pretrain_views_per_second") or 0)
+                                 for r in runs})
+                speed = "-".join(str(v) for v in sorted({speeds[0], speeds[-1]}))
                 note = (f"{'/'.join(commits)}"
                         + (f" (peers' rows from {'/'.join(peers)})" if peers else "")
                         + f"; load {loads}; {plan['backbone']} at "
                         f"{plan['input_size'][0]} px, {'/'.join(map(str, epochs))} SimCLR epochs"
-                        + (f" (budget {budget:.0f} s at {min(speeds):.0f}-{max(speeds):.0f} "
-                           "views/s measured)" if budget else "")
+                        + (f" (budget {budget:.0f} s at {speed} views/s measured)"
+                           if budget else "")
                         + (f" (invariances: {'/'.join(plan['invariances']) or 'none'})"
                            if "invariances" in plan else "")
                         + f", {plan['head_objective']} heads"
