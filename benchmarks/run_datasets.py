@@ -190,9 +190,9 @@ def table(results):
                 rounds = [r.get("semi_rounds") for r in runs]
                 epochs = sorted({r["plan"]["pretrain_epochs"] for r in runs})
                 budget = plan.get("pretrain_budget")
-                speeds = sorted({round(r["plan"].get("pretrain_views_per_second") or 0)
-                                 for r in runs})
-                speed = "-".join(str(v) for v in sorted({speeds[0], speeds[-1]}))
+                speeds = [round(r["plan"].get("pretrain_views_per_second") or 0) for r in runs]
+                lo, hi = min(speeds), max(speeds)
+                speed = str(lo) if lo == hi else f"{lo}-{hi}"
                 note = (f"{'/'.join(commits)}"
                         + (f" (peers' rows from {'/'.join(peers)})" if peers else "")
                         + f"; load {loads}; {plan['backbone']} at "

@@ -273,8 +273,8 @@ def _train_epochs(
         perm = torch.randperm(n, generator=gen)
         losses, b, reader = [], 0, None
         try:
-            while b < steps_per_epoch(n, batch):
-                progress = (epoch + b / steps_per_epoch(n, batch)) / max_epochs
+            while b < (steps := steps_per_epoch(n, batch)):  # batch halves after an OOM
+                progress = (epoch + b / steps) / max_epochs
                 if max_time:  # None or 0: no time-based schedule
                     # With a time budget the schedule follows whichever runs out first.
                     progress = max(progress, elapsed() / max_time)
