@@ -29,6 +29,7 @@ import os
 import resource
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +45,11 @@ LOADERS = {
                 "development"),
     "shapes": (data.shapes, "random-colour shapes (2,000, 32 px, RGB; `datasets.shapes`)",
                "development"),
+    # large enough that a CPU budget could leave a SPICE-Semi finetune its share (semi="auto"
+    # gives colour images none: the probes that chose that rule ran on this set)
+    "shapes-5k": (partial(data.shapes, n=5000, seed=7),
+                  "random-colour shapes (5,000, 32 px, RGB; `datasets.shapes(n=5000, seed=7)`)",
+                  "development"),
     "mnist": (data.mnist, "MNIST (70,000, 28 px, gray)", "held out"),
     "cifar10-test": (data.cifar10_test, "CIFAR-10 test (10,000, 32 px RGB, JPEG)", "held out"),
 }

@@ -185,10 +185,11 @@ class SpiceClustering(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         end on augmented images (the paper's setting); "head" trains a fresh
         classifier on the cached view embeddings (seconds on a CPU); None keeps
         the SPICE-Self clustering. "auto": "finetune" when this fit pretrains
-        its backbone, on CUDA or on a CPU whose time budget
+        its backbone, on CUDA or, for grayscale images, on a CPU whose time budget
         (``pretrain_time="auto"``) leaves it at least 200 steps (on 2 cores from
-        about 5,000 grayscale images); "head" otherwise
-        (:func:`spice_learn.spice_semi.default_semi_mode`).
+        about 5,000 images); "head" otherwise, so colour images on a CPU give the
+        whole budget to stage 1 (:func:`spice_learn.spice_semi.default_semi_mode`).
+        An explicit "finetune" on a CPU takes a fifth of the budget for any images.
     n_neighbors : int or "auto", default="auto"
         ``n_s``: neighbours (cosine, original embeddings) that vote on each
         sample's reliability, clipped to ``n_samples // n_clusters - 1``; "auto":

@@ -285,7 +285,7 @@ def default_pretrain_epochs(n_samples, device, colour=False, batch_size=None):
 def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
                         batch_size=None, learning_rate=None, temperature=None,
                         invariances=None, seed=0, pretrain_time=None, small_stem="auto",
-                        finetune_step_views=None):
+                        finetune_step_views=None, finetune_colour=True):
     """The :class:`Stage1Plan` for ``images`` on ``device``; None for
     ``pretrain_epochs``, the SimCLR settings and ``invariances`` means "auto": the
     invariances the images pass the label-free test of
@@ -305,7 +305,11 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
     ``finetune_step_views`` (images one SPICE-Semi "finetune" step trains on, or
     None): on that budget path, when :data:`SEMI_BUDGET_SHARE` of the budget buys at
     least :data:`MIN_FINETUNE_STEPS` such steps at the measured speed, stage 1 keeps
-    the rest of the budget and the plan's ``finetune_steps`` say how many fit."""
+    the rest of the budget and the plan's ``finetune_steps`` say how many fit.
+    ``finetune_colour=False`` (``semi="auto"``) reserves that share for grayscale
+    images only: colour images give the whole budget to stage 1 (docs/benchmarks.md,
+    "Sixteenth session": on random-colour shapes the finetune lowered the clustering
+    that SPICE-Self had found, and the whole budget for SimCLR raised it)."""
     image_size = tuple(int(s) for s in images.shape[-2:])
     colour = is_colour(images)
     if isinstance(backbone, FeatureExtractor):
@@ -338,7 +342,7 @@ def plan_representation(backbone, images, *, pretrain, pretrain_epochs, device,
                                       invariances=tuple(invariances))
         speed = simclr_speed(probe, images, batch_size=settings["batch_size"],
                              augment=augment, device=torch.device(device))
-        if finetune_step_views:
+        if finetune_step_views and (finetune_colour or not colour):
             steps = int(SEMI_BUDGET_SHARE * budget * speed / finetune_step_views)
             if steps >= MIN_FINETUNE_STEPS:
                 finetune_steps, budget = steps, (1 - SEMI_BUDGET_SHARE) * budget
@@ -503,6 +507,9 @@ class Stage1Settings:
     #: images one SPICE-Semi "finetune" step trains on, when SPICE-Semi may finetune
     #: (the CPU budget then leaves it a share, :func:`plan_representation`); else None
     finetune_step_views: int | None = None
+    #: whether that share is also left for colour images (``semi="finetune"`` asked for
+    #: explicitly); ``semi="auto"`` leaves it for grayscale images only
+    finetune_colour: bool = True
 
 
 @dataclass(frozen=True)
@@ -558,7 +565,8 @@ def plan_stage1(images, settings, *, seed, device):
                                invariances=s.invariances, seed=seed,
                                pretrain_time=_planned_time(s.max_time, s.checkpoint_dir),
                                small_stem=s.small_stem,
-                               finetune_step_views=s.finetune_step_views)
+                               finetune_step_views=s.finetune_step_views,
+                               finetune_colour=s.finetune_colour)
 
 
 def represent(images, settings, plan, *, build_seed, pretrain_seed, device, n_views, verbose=0,

@@ -230,7 +230,8 @@ def stage1_settings(params):
         small_stem=params["small_stem"], flip=params["flip"],
         invariances=_invariances(get("invariances", "auto")),
         checkpoint_dir=get("checkpoint_dir"), compile=bool(params["compile"]),
-        finetune_step_views=_finetune_step_views(params))
+        finetune_step_views=_finetune_step_views(params),
+        finetune_colour=params.get("semi") == "finetune")
 
 
 def _finetune_step_views(params):

@@ -77,16 +77,22 @@ CPU_FINETUNE_MU = 3
 def default_semi_mode(pretrained, finetune_fits):
     """``semi="auto"``: "finetune" (the paper's SPICE-Semi, backbone and head end to end)
     when this fit pretrained its backbone by SimCLR and there is time for it
-    (``finetune_fits``: on CUDA, or on a CPU when the time budget left it enough steps);
+    (``finetune_fits``: on CUDA, or on a CPU when the time budget left it enough steps;
+    the CPU budget leaves none for colour images under ``semi="auto"``, see
+    :func:`~spice_learn.representation.plan_representation`);
     "head" otherwise (a backbone given with its weights, a fitted ``backbone_``,
-    precomputed features, a CPU fit without the time budget, or a budget too small
-    to finetune in: sklearn's digits on 2 cores).
+    precomputed features, a CPU fit without the time budget, colour images on a CPU,
+    or a budget too small to finetune in: sklearn's digits on 2 cores).
 
     Chosen with stage 1 fixed at the epochs a 2-core CPU budget gives, over seeds 0-2
     (docs/benchmarks.md, "Thirteenth session"): after SPICE-Self, 1,000 finetune steps
     raised ACC on USPS by 0.004 / 0.013 / 0.013 and on the Fashion-MNIST subset by
     0.013 / 0.010 / 0.007, where the "head" mode's rounds were undone by its label-free
-    check on every seed (forced through, they moved ACC by -0.017 to +0.012)."""
+    check on every seed (forced through, they moved ACC by -0.017 to +0.012). On 5,000
+    random-colour shapes with the CPU plan (seeds 0-2, "Sixteenth session") the finetune
+    lowered the selected head on every seed (by 0.144 / 0.017 / 0.005), and "head" with
+    the whole budget for stage 1 gained 0.225 / 0.110 / 0.015 over it: hence no CPU
+    finetune for colour images."""
     return "finetune" if pretrained and finetune_fits else "head"
 
 

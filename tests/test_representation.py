@@ -21,6 +21,7 @@ from spice_learn.representation import (
     plan_representation,
     resolve_backbone,
 )
+from spice_learn.settings import stage1_settings
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -217,6 +218,30 @@ def test_cpu_budget_leaves_finetune_a_share_only_when_it_buys_enough_steps(monke
     assert short.finetune_steps is None and short.time_budget == pytest.approx(budget)
     # no budget: nothing is reserved
     assert plan(speed, finetune_step_views=step, pretrain_time=None).finetune_steps is None
+
+
+def test_cpu_budget_leaves_colour_images_no_finetune_share_unless_asked(monkeypatch):
+    images, step = colour_images(n=900), 40
+    budget = cpu_pretrain_budget(900, True)
+    speed = 2 * MIN_FINETUNE_STEPS * step / (SEMI_BUDGET_SHARE * budget)
+    monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed))
+    args = {"pretrain": True, "pretrain_epochs": None, "device": CPU, "pretrain_time": "auto",
+            "finetune_step_views": step}
+    auto = plan_representation("auto", images, finetune_colour=False, **args)  # semi="auto"
+    assert auto.colour and auto.finetune_steps is None
+    assert auto.time_budget == pytest.approx(budget)
+    asked = plan_representation("auto", images, finetune_colour=True, **args)  # "finetune"
+    assert asked.finetune_steps == 2 * MIN_FINETUNE_STEPS
+    assert asked.time_budget == pytest.approx((1 - SEMI_BUDGET_SHARE) * budget)
+    # grayscale images keep their share under semi="auto"
+    gray_budget = cpu_pretrain_budget(900, False)
+    monkeypatch.setattr(representation, "simclr_speed", _FakeSpeed(speed * budget / gray_budget))
+    gray = plan_representation("auto", gray_images(n=900), finetune_colour=False, **args)
+    assert gray.finetune_steps == 2 * MIN_FINETUNE_STEPS
+    # the estimator asks for the colour share with an explicit semi="finetune" only
+    for semi, wanted in (("auto", False), ("finetune", True), ("head", False)):
+        params = SpiceClustering(2, semi=semi).get_params()
+        assert stage1_settings(params).finetune_colour is wanted
 
 
 def test_estimate_follows_the_measured_speed(monkeypatch):
