@@ -194,6 +194,7 @@ def table(results):
                 empty = [r["k"] - r["n_nonempty"] for r in runs]
                 peers = sorted({str(r["peers_commit"]) for r in runs if "peers_commit" in r})
                 rounds = [r.get("semi_rounds") for r in runs]
+                modes = sorted({str(r["plan"]["semi"]) for r in runs if "semi" in r["plan"]})
                 epochs = sorted({r["plan"]["pretrain_epochs"] for r in runs})
                 budget = plan.get("pretrain_budget")
                 speeds = [round(r["plan"].get("pretrain_views_per_second") or 0) for r in runs]
@@ -208,7 +209,8 @@ def table(results):
                         + (f" (invariances: {'/'.join(plan['invariances']) or 'none'})"
                            if "invariances" in plan else "")
                         + f", {plan['head_objective']} heads"
-                        + (f"; SPICE-Semi rounds kept {rounds}"
+                        + (f"; SPICE-Semi {'/'.join(modes)}" if modes else "")
+                        + (f", rounds kept {rounds}"
                            if all(n is not None for n in rounds) else "")
                         + (f"; empty clusters {empty}" if any(empty) else "")
                         + (f"; {runs[0]['cpu']}" if "cpu" in runs[0] else ""))
